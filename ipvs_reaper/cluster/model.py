@@ -1,0 +1,83 @@
+"""The few fields of Services, EndpointSlices and Nodes the reaper needs, as immutable values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ipvs_reaper.values import IPAddress, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str  # "" for the single unnamed port
+    protocol: Protocol
+    port: int
+    node_port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    cluster_ips: tuple[IPAddress, ...]  # empty for headless and ExternalName Services
+    external_ips: tuple[IPAddress, ...]
+    load_balancer_ips: tuple[IPAddress, ...]
+    ports: tuple[ServicePort, ...]
+    policy_annotation: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[IPAddress, ...]
+    # Conditions with the API's documented reading of a missing value: ready and serving default to
+    # true, terminating to false. Defaulting towards "still wanted" is also the safe side.
+    ready: bool
+    serving: bool
+    terminating: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePort:
+    name: str
+    protocol: Protocol
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str
+    family: int  # 4 or 6; FQDN slices are dropped while parsing since IPVS never uses them
+    ports: tuple[SlicePort, ...]
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def service_ref(self) -> str:
+        return f"{self.namespace}/{self.service_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    addresses: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    services: tuple[Service, ...]
+    slices: tuple[EndpointSlice, ...]
+    nodes: tuple[Node, ...]
+    # Why this view must not be acted on (a kind missing, a listing that failed). Empty: usable.
+    problems: tuple[str, ...] = ()
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def node(self, name: str) -> Node | None:
+        return next((node for node in self.nodes if node.name == name), None)

@@ -1,0 +1,260 @@
+"""Turns Kubernetes objects (as JSON dicts, the API's camelCase) into cluster-model values.
+
+Strict where a wrong reading could delete something (addresses, ports, conditions): a malformed field is
+an ObjectError naming it. Lenient where the API itself is (missing optional lists).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ipvs_reaper.cluster.model import (
+    ClusterState,
+    Endpoint,
+    EndpointSlice,
+    Node,
+    Service,
+    ServicePort,
+    SlicePort,
+)
+from ipvs_reaper.values import IPAddress, Protocol
+
+POLICY_ANNOTATION = "ipvs-reaper.io/policy"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
+_FAMILIES = {"IPv4": 4, "IPv6": 6}
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectError(Exception):
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def _get(obj: Mapping[str, Any], key: str, path: str, kind: type, default: Any = None) -> Any:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ObjectError(f"{path}.{key}", f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _ip(value: Any, path: str) -> IPAddress:
+    if not isinstance(value, str):
+        raise ObjectError(path, f"expected an IP address string, got {type(value).__name__}")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ObjectError(path, f"{value!r} is not an IP address") from None
+
+
+def _port(value: Any, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 65535:
+        raise ObjectError(path, f"expected a port number 1-65535, got {value!r}")
+    return value
+
+
+def _protocol(obj: Mapping[str, Any], path: str) -> Protocol:
+    name = _get(obj, "protocol", path, str, "TCP")
+    if name not in _PROTOCOLS:
+        raise ObjectError(f"{path}.protocol", f"unknown protocol {name!r}")
+    return _PROTOCOLS[name]
+
+
+def _metadata(obj: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
+    meta = _get(obj, "metadata", "", dict, {})
+    name = _get(meta, "name", "metadata", str, "")
+    if not name:
+        raise ObjectError("metadata.name", "missing")
+    return _get(meta, "namespace", "metadata", str, ""), name, meta
+
+
+def parse_service(obj: Mapping[str, Any]) -> Service:
+    namespace, name, meta = _metadata(obj)
+    spec = _get(obj, "spec", "", dict, {})
+    status = _get(obj, "status", "", dict, {})
+    cluster_ip_texts = _get(spec, "clusterIPs", "spec", list, [])
+    if not cluster_ip_texts and _get(spec, "clusterIP", "spec", str, ""):
+        cluster_ip_texts = [spec["clusterIP"]]
+    cluster_ips = tuple(
+        _ip(text, f"spec.clusterIPs[{i}]")
+        for i, text in enumerate(cluster_ip_texts)
+        if text not in ("None", "")
+    )
+    external_ips = tuple(
+        _ip(text, f"spec.externalIPs[{i}]")
+        for i, text in enumerate(_get(spec, "externalIPs", "spec", list, []))
+    )
+    load_balancer = _get(status, "loadBalancer", "status", dict, {})
+    lb_ips = []
+    for i, ingress in enumerate(_get(load_balancer, "ingress", "status.loadBalancer", list, [])):
+        path = f"status.loadBalancer.ingress[{i}]"
+        if not isinstance(ingress, dict):
+            raise ObjectError(path, "expected an object")
+        if ingress.get("ip"):
+            lb_ips.append(_ip(ingress["ip"], f"{path}.ip"))
+    ports = []
+    for i, port in enumerate(_get(spec, "ports", "spec", list, [])):
+        path = f"spec.ports[{i}]"
+        if not isinstance(port, dict):
+            raise ObjectError(path, "expected an object")
+        node_port = port.get("nodePort")
+        ports.append(
+            ServicePort(
+                name=_get(port, "name", path, str, ""),
+                protocol=_protocol(port, path),
+                port=_port(port.get("port"), f"{path}.port"),
+                node_port=_port(node_port, f"{path}.nodePort") if node_port else None,
+            )
+        )
+    annotations = _get(meta, "annotations", "metadata", dict, {})
+    return Service(
+        namespace=namespace,
+        name=name,
+        cluster_ips=cluster_ips,
+        external_ips=external_ips,
+        load_balancer_ips=tuple(lb_ips),
+        ports=tuple(ports),
+        policy_annotation=annotations.get(POLICY_ANNOTATION),
+    )
+
+
+def _condition(conditions: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    value = conditions.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ObjectError(f"{path}.{key}", f"expected true or false, got {value!r}")
+    return value
+
+
+def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
+    """None for slices IPVS never uses (FQDN) or that belong to no Service."""
+    namespace, name, meta = _metadata(obj)
+    address_type = _get(obj, "addressType", "", str, "")
+    if address_type == "FQDN":
+        return None
+    if address_type not in _FAMILIES:
+        raise ObjectError("addressType", f"unknown address type {address_type!r}")
+    labels = _get(meta, "labels", "metadata", dict, {})
+    service_name = labels.get(SERVICE_NAME_LABEL)
+    if not service_name:
+        return None
+    ports = []
+    for i, port in enumerate(_get(obj, "ports", "", list, [])):
+        path = f"ports[{i}]"
+        if not isinstance(port, dict):
+            raise ObjectError(path, "expected an object")
+        if port.get("port") is None:
+            continue  # "all ports": kube-proxy builds no real server from it either
+        ports.append(
+            SlicePort(
+                name=_get(port, "name", path, str, ""),
+                protocol=_protocol(port, path),
+                port=_port(port["port"], f"{path}.port"),
+            )
+        )
+    endpoints = []
+    for i, endpoint in enumerate(_get(obj, "endpoints", "", list, [])):
+        path = f"endpoints[{i}]"
+        if not isinstance(endpoint, dict):
+            raise ObjectError(path, "expected an object")
+        addresses = tuple(
+            _ip(text, f"{path}.addresses[{j}]")
+            for j, text in enumerate(_get(endpoint, "addresses", path, list, []))
+        )
+        conditions = _get(endpoint, "conditions", path, dict, {})
+        cond_path = f"{path}.conditions"
+        ready = _condition(conditions, "ready", cond_path, True)
+        endpoints.append(
+            Endpoint(
+                addresses=addresses,
+                ready=ready,
+                serving=_condition(conditions, "serving", cond_path, ready),
+                terminating=_condition(conditions, "terminating", cond_path, False),
+            )
+        )
+    return EndpointSlice(
+        namespace=namespace,
+        name=name,
+        service_name=service_name,
+        family=_FAMILIES[address_type],
+        ports=tuple(ports),
+        endpoints=tuple(endpoints),
+    )
+
+
+def parse_node(obj: Mapping[str, Any]) -> Node:
+    _, name, _ = _metadata(obj)
+    status = _get(obj, "status", "", dict, {})
+    addresses = []
+    for i, entry in enumerate(_get(status, "addresses", "status", list, [])):
+        path = f"status.addresses[{i}]"
+        if not isinstance(entry, dict):
+            raise ObjectError(path, "expected an object")
+        # Hostname and DNS entries name the node; only IP entries can carry a NodePort virtual service.
+        if entry.get("type") in ("InternalIP", "ExternalIP"):
+            addresses.append(_ip(entry.get("address"), f"{path}.address"))
+    return Node(name=name, addresses=tuple(addresses))
+
+
+_KIND_PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice, "Node": parse_node}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError(Exception):
+    where: str
+    error: ObjectError
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.error}"
+
+
+def _describe(index: int, item: Mapping[str, Any]) -> str:
+    meta = item.get("metadata")
+    parts = (meta.get("namespace"), meta.get("name")) if isinstance(meta, dict) else ()
+    name = "/".join(str(part) for part in parts if part)
+    return f"items[{index}] ({item.get('kind', '?')} {name or '?'})"
+
+
+def cluster_state_from_items(items: list[Any]) -> ClusterState:
+    """Build a ClusterState from a kubectl-style list of items (a file, or the API's listings joined)."""
+    services: list[Service] = []
+    slices: list[EndpointSlice] = []
+    nodes: list[Node] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ItemError(f"items[{index}]", ObjectError("", "expected an object"))
+        kind = item.get("kind")
+        parser = _KIND_PARSERS.get(kind) if isinstance(kind, str) else None
+        if parser is None:
+            continue
+        seen.add(str(kind))
+        try:
+            parsed = parser(item)
+        except ObjectError as error:
+            raise ItemError(_describe(index, item), error) from None
+        if isinstance(parsed, Service):
+            services.append(parsed)
+        elif isinstance(parsed, EndpointSlice):
+            slices.append(parsed)
+        elif isinstance(parsed, Node):
+            nodes.append(parsed)
+    # Every real cluster has the `kubernetes` Service and its EndpointSlice; a view without either kind is
+    # a partial export or listing, and acting on it would make every endpoint look gone.
+    problems = [
+        f"the cluster state has no {kind} objects (incomplete export?)"
+        for kind in ("Service", "EndpointSlice")
+        if kind not in seen
+    ]
+    return ClusterState(
+        services=tuple(services), slices=tuple(slices), nodes=tuple(nodes), problems=tuple(problems)
+    )

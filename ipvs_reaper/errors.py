@@ -1,0 +1,9 @@
+"""The two kinds of failure the command line tells apart (exit 2 and exit 1)."""
+
+
+class InputError(Exception):
+    """Bad input from the user: a file, a field or a line that is wrong. The message names it."""
+
+
+class RuntimeFailure(Exception):
+    """Good input, but the work could not be done: the API or the kernel failed."""

@@ -1,0 +1,109 @@
+"""Maps IPVS virtual services to Service ports, and real servers to the state of their endpoint.
+
+Built the way kube-proxy builds its table, in reverse: a Service port becomes a virtual service on each
+ClusterIP, on each of this node's addresses at its NodePort, on each externalIP and on each load-balancer
+ingress IP; its real servers are the endpoints of the Service's slices at the slice port with the same
+name and protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ipvs_reaper.cluster.model import ClusterState, Endpoint, Service, ServicePort
+from ipvs_reaper.values import IPAddress, Protocol, VirtualKey
+
+
+class EndpointState(enum.StrEnum):
+    READY = "ready"
+    TERMINATING = "terminating"
+    NOT_READY = "not-ready"
+    GONE = "gone"
+    UNMAPPED = "unmapped"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    service: Service
+    port: ServicePort
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatus:
+    state: EndpointState
+    serving: bool = False
+
+
+_GONE = EndpointStatus(EndpointState.GONE)
+_UNMAPPED = EndpointStatus(EndpointState.UNMAPPED)
+
+
+def _status_of(endpoint: Endpoint) -> EndpointStatus:
+    if endpoint.ready:
+        return EndpointStatus(EndpointState.READY, serving=True)
+    if endpoint.terminating:
+        return EndpointStatus(EndpointState.TERMINATING, serving=endpoint.serving)
+    return EndpointStatus(EndpointState.NOT_READY, serving=endpoint.serving)
+
+
+def _wanted_more(status: EndpointStatus) -> tuple[bool, bool, bool]:
+    # When one address shows up in several slices (a slice being rewritten), the most "wanted" reading wins.
+    return (status.state is EndpointState.READY, status.serving, status.state is EndpointState.NOT_READY)
+
+
+# (service ref, slice port name, protocol, address, port)
+_EndpointKey = tuple[str, str, Protocol, IPAddress, int]
+
+
+class ClusterIndex:
+    def __init__(self, state: ClusterState, node_name: str) -> None:
+        self.node_found = state.node(node_name) is not None
+        self._targets: dict[VirtualKey, Target] = {}
+        self.ambiguous: dict[VirtualKey, tuple[str, ...]] = {}
+        claims: dict[VirtualKey, list[Target]] = defaultdict(list)
+        node = state.node(node_name)
+        node_addresses = node.addresses if node is not None else ()
+        for service in state.services:
+            for port in service.ports:
+                target = Target(service, port)
+                for address in (*service.cluster_ips, *service.external_ips, *service.load_balancer_ips):
+                    claims[VirtualKey.inet(port.protocol, address, port.port)].append(target)
+                if port.node_port is not None:
+                    for address in node_addresses:
+                        claims[VirtualKey.inet(port.protocol, address, port.node_port)].append(target)
+        for key, targets in claims.items():
+            services = sorted({t.service.ref for t in targets})
+            if len(services) == 1:
+                self._targets[key] = targets[0]
+            else:
+                # Two Services claiming one address:port is a misconfiguration; we cannot tell whose real
+                # servers these are, so they are left alone.
+                self.ambiguous[key] = tuple(services)
+
+        self._endpoints: dict[_EndpointKey, EndpointStatus] = {}
+        for endpoint_slice in state.slices:
+            for slice_port in endpoint_slice.ports:
+                for endpoint in endpoint_slice.endpoints:
+                    status = _status_of(endpoint)
+                    for address in endpoint.addresses:
+                        endpoint_key = (
+                            endpoint_slice.service_ref,
+                            slice_port.name,
+                            slice_port.protocol,
+                            address,
+                            slice_port.port,
+                        )
+                        known = self._endpoints.get(endpoint_key)
+                        if known is None or _wanted_more(status) > _wanted_more(known):
+                            self._endpoints[endpoint_key] = status
+
+    def target(self, virtual: VirtualKey) -> Target | None:
+        return self._targets.get(virtual)
+
+    def endpoint_status(self, target: Target | None, address: IPAddress, port: int) -> EndpointStatus:
+        if target is None:
+            return _UNMAPPED
+        key = (target.service.ref, target.port.name, target.port.protocol, address, port)
+        return self._endpoints.get(key, _GONE)

@@ -1,0 +1,232 @@
+"""The pure planner: decides, for every real server of the table, whether to reap it now, later, or never.
+
+No I/O and no clock: everything it knows is in its arguments, so the safety rules can be proven over
+generated tables and cluster states. The hard rules, checked before any policy:
+- weight > 0: kube-proxy still wants it;
+- a virtual service that maps to no Service (or to several) is not ours;
+- a ready endpoint, or a terminating one that is still serving, is wanted;
+- an unusable cluster view decides nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from ipvs_reaper.cluster.model import ClusterState
+from ipvs_reaper.config import (
+    IMMEDIATE_POLICY,
+    Config,
+    ConfigError,
+    ReapMode,
+    Rule,
+    SysctlMode,
+    parse_annotation,
+)
+from ipvs_reaper.mapping import ClusterIndex, EndpointState, EndpointStatus, Target
+from ipvs_reaper.values import IpvsTable, RealKey, RealServer
+
+
+class Action(enum.StrEnum):
+    REAP = "reap"
+    WAIT = "wait"
+    KEEP = "keep"
+
+
+class PolicyChoice(enum.StrEnum):
+    DEFAULT = "default"  # the configured grace policy
+    IMMEDIATE = "immediate"  # every non-ready weight-0 real server, ignoring grace and connections
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    real_server: RealServer
+    service: str | None
+    endpoint: EndpointStatus
+    action: Action
+    reason: str
+    reap_after: datetime | None = None
+    # The decision rests on ActiveConn being 0: the actor re-checks it right before deleting.
+    requires_idle: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    decisions: tuple[Decision, ...]
+    # When each weight-0 real server was first seen at weight 0: the clock for grace and caps.
+    first_seen: Mapping[RealKey, datetime]
+    # The actor must set expire_nodest_conn=1 before deleting anything.
+    needs_expire_nodest_conn: bool = False
+    # Why the whole sweep reaps nothing (unusable view, circuit breaker), for logs and metrics.
+    refusal: str | None = None
+
+    @property
+    def reaps(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.action is Action.REAP)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepInputs:
+    table: IpvsTable
+    cluster: ClusterState
+    node_name: str
+    config: Config
+    expire_nodest_conn: int | None  # the sysctl's current value, None when unknown
+    now: datetime
+    first_seen: Mapping[RealKey, datetime]
+    policy: PolicyChoice = PolicyChoice.DEFAULT
+
+
+_STATE_RULES = {
+    EndpointState.GONE: "gone",
+    EndpointState.TERMINATING: "terminating",
+    EndpointState.NOT_READY: "not_ready",
+}
+
+
+def _resolve_rule(inputs: SweepInputs, target: Target, state: EndpointState) -> Rule:
+    """Configured policy, then the namespace's override, then the Service's annotation."""
+    attr = _STATE_RULES[state]
+    policy = inputs.config.policy
+    namespace_override = inputs.config.namespaces.get(target.service.namespace)
+    if namespace_override is not None:
+        policy = namespace_override.apply(policy)
+    if target.service.policy_annotation is not None:
+        policy = parse_annotation(target.service.policy_annotation).apply(policy)
+    configured: Rule = getattr(policy, attr)
+    if inputs.policy is PolicyChoice.IMMEDIATE and configured.reap is not ReapMode.NEVER:
+        # `immediate` ignores grace, caps and connections, but not an operator's explicit `never`.
+        immediate: Rule = getattr(IMMEDIATE_POLICY, attr)
+        return immediate
+    return configured
+
+
+def _apply_rule(
+    rs: RealServer, rule: Rule, state: EndpointState, since: datetime, now: datetime
+) -> tuple[Action, str, datetime | None, bool]:
+    label = state.value
+    if rule.reap is ReapMode.NEVER:
+        return Action.KEEP, f"{label}: policy says never", None, False
+    eligible_at = since + timedelta(seconds=rule.grace_seconds)
+    if now < eligible_at:
+        return Action.WAIT, f"{label}: in its {rule.grace_seconds}s grace", eligible_at, False
+    if rule.reap is ReapMode.ALWAYS:
+        return Action.REAP, f"{label}: reap regardless of connections", None, False
+    if rs.active_conns == 0:
+        return Action.REAP, f"{label} and idle (ActiveConn 0, InActConn {rs.inactive_conns})", None, True
+    if rule.max_wait_seconds is not None:
+        cap_at = since + timedelta(seconds=rule.max_wait_seconds)
+        if now >= cap_at:
+            return (
+                Action.REAP,
+                f"{label}: ActiveConn {rs.active_conns} but waited the {rule.max_wait_seconds}s cap",
+                None,
+                False,
+            )
+        return Action.WAIT, f"{label}: ActiveConn {rs.active_conns}, waiting for 0 or the cap", cap_at, False
+    return Action.WAIT, f"{label}: ActiveConn {rs.active_conns}, waiting for 0 (no cap)", None, False
+
+
+def _decide(inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime) -> Decision:
+    target = index.target(rs.key.virtual)
+    status = index.endpoint_status(target, rs.key.address, rs.key.port)
+    service = target.service.ref if target is not None else None
+
+    def keep(reason: str) -> Decision:
+        return Decision(rs, service, status, Action.KEEP, reason)
+
+    if rs.weight > 0:
+        return keep(f"weight {rs.weight}: kube-proxy still sends new connections here")
+    if target is None:
+        claimants = index.ambiguous.get(rs.key.virtual)
+        if claimants:
+            return keep(
+                f"virtual service claimed by several Services ({', '.join(claimants)}): not ours to judge"
+            )
+        return keep("virtual service maps to no Service: not kube-proxy's, never touched")
+    if not inputs.cluster.usable:
+        return keep(f"cluster state unusable: {'; '.join(inputs.cluster.problems)}")
+    if status.state is EndpointState.READY:
+        return keep("endpoint is ready: an admin drain or kube-proxy lag, never reaped")
+    if status.serving:
+        return keep("endpoint is terminating but still serving")
+    try:
+        rule = _resolve_rule(inputs, target, status.state)
+    except ConfigError as error:
+        return keep(f"bad annotation on {service}: {error}")
+    action, reason, reap_after, requires_idle = _apply_rule(rs, rule, status.state, since, inputs.now)
+    return Decision(rs, service, status, action, reason, reap_after, requires_idle)
+
+
+def _gate_on_sysctl(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list[Decision], bool]:
+    """Deleting with expire_nodest_conn=0 turns refusals into silent drops: enforce it, refuse, or say so."""
+    value = inputs.expire_nodest_conn
+    if value == 1 or not any(d.action is Action.REAP for d in decisions):
+        return decisions, False
+    mode = inputs.config.expire_nodest_conn
+    if mode is SysctlMode.ENFORCE:
+        return decisions, True
+    shown = "unknown" if value is None else str(value)
+    if mode is SysctlMode.REPORT_ONLY:
+        reason = (
+            f"expire_nodest_conn={shown} and expireNodestConn is report-only: deleting now would turn "
+            "refused connections into silent drops"
+        )
+        return [
+            replace(d, action=Action.KEEP, reason=reason) if d.action is Action.REAP else d for d in decisions
+        ], False
+    suffix = (
+        f" (expire_nodest_conn={shown}, expireNodestConn: ignore: entries to it will be dropped, "
+        "not rescheduled)"
+    )
+    return [replace(d, reason=d.reason + suffix) if d.action is Action.REAP else d for d in decisions], False
+
+
+def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list[Decision], str | None]:
+    breaker = inputs.config.breaker
+    reaps = [d for d in decisions if d.action is Action.REAP]
+    total = len(inputs.table.real_servers)
+    if len(reaps) >= max(breaker.min_deletions, 1) and len(reaps) > breaker.max_share * total:
+        refusal = (
+            f"circuit breaker: this sweep would delete {len(reaps)} of the node's {total} real servers, "
+            f"more than breaker.maxShare={breaker.max_share:g}"
+        )
+        return [
+            replace(d, action=Action.KEEP, reason=refusal) if d.action is Action.REAP else d
+            for d in decisions
+        ], refusal
+    if len(reaps) <= breaker.max_per_sweep:
+        return decisions, None
+    # Oldest first, so a steady stream of new ones cannot starve the old.
+    order = sorted(
+        reaps, key=lambda d: (inputs.first_seen.get(d.real_server.key, inputs.now), d.real_server.key)
+    )
+    deferred = {id(d) for d in order[breaker.max_per_sweep :]}
+    reason = f"per-sweep cap breaker.maxPerSweep={breaker.max_per_sweep}: next sweep"
+    return [
+        replace(d, action=Action.WAIT, reason=reason) if id(d) in deferred else d for d in decisions
+    ], None
+
+
+def plan_sweep(inputs: SweepInputs) -> Plan:
+    index = ClusterIndex(inputs.cluster, inputs.node_name)
+    first_seen: dict[RealKey, datetime] = {}
+    decisions = []
+    for rs in inputs.table.real_servers:
+        since = inputs.now
+        if rs.weight == 0:
+            since = inputs.first_seen.get(rs.key, inputs.now)
+            first_seen[rs.key] = since
+        decisions.append(_decide(inputs, index, rs, since))
+    decisions, needs_sysctl = _gate_on_sysctl(inputs, decisions)
+    decisions, refusal = _apply_breaker(inputs, decisions)
+    if refusal is None and not inputs.cluster.usable:
+        refusal = f"cluster state unusable: {'; '.join(inputs.cluster.problems)}"
+    return Plan(
+        decisions=tuple(decisions),
+        first_seen=first_seen,
+        needs_expire_nodest_conn=needs_sysctl and any(d.action is Action.REAP for d in decisions),
+        refusal=refusal,
+    )

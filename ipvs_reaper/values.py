@@ -1,0 +1,91 @@
+"""Immutable values shared by every stage: what the IPVS table holds, keyed the way the kernel keys it."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Protocol(enum.StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+    # A firewall-mark virtual service has no protocol of its own; kube-proxy never creates one.
+    FWM = "FWM"
+
+
+IPPROTO_NUMBERS: dict[Protocol, int] = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
+PROTOCOLS_BY_NUMBER: dict[int, Protocol] = {number: proto for proto, number in IPPROTO_NUMBERS.items()}
+
+
+def format_endpoint(address: IPAddress, port: int) -> str:
+    """`10.0.0.1:80` or `[fd00::1]:80`, with IPv6 in compressed form."""
+    if address.version == 6:
+        return f"[{address.compressed}]:{port}"
+    return f"{address}:{port}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class VirtualKey:
+    """Identifies a virtual service exactly as the kernel does: (protocol, address, port) or a fwmark."""
+
+    protocol: Protocol
+    family: int  # 4 or 6
+    address: IPAddress | None  # None for fwmark services
+    port: int
+    fwmark: int = 0
+
+    @classmethod
+    def inet(cls, protocol: Protocol, address: IPAddress, port: int) -> VirtualKey:
+        return cls(protocol=protocol, family=address.version, address=address, port=port)
+
+    @classmethod
+    def firewall_mark(cls, fwmark: int, family: int = 4) -> VirtualKey:
+        return cls(protocol=Protocol.FWM, family=family, address=None, port=0, fwmark=fwmark)
+
+    def __str__(self) -> str:
+        if self.address is None:
+            return f"fwmark:{self.fwmark}"
+        return format_endpoint(self.address, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualService:
+    key: VirtualKey
+    scheduler: str
+    # Only the flag: /proc/net/ip_vs reports the timeout in jiffies and netlink in seconds, and the
+    # kernel's HZ cannot be read from user space, so a timeout value could not be compared across sources.
+    persistent: bool = False
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RealKey:
+    virtual: VirtualKey
+    address: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.virtual.protocol} {self.virtual} -> {format_endpoint(self.address, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class RealServer:
+    key: RealKey
+    forward: str  # Masq, Route, Tunnel, Local
+    weight: int
+    active_conns: int
+    inactive_conns: int
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsTable:
+    """One snapshot of a node's IPVS table."""
+
+    services: tuple[VirtualService, ...]
+    real_servers: tuple[RealServer, ...]
+
+    def real_servers_of(self, key: VirtualKey) -> tuple[RealServer, ...]:
+        return tuple(rs for rs in self.real_servers if rs.key.virtual == key)
