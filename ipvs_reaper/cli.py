@@ -18,12 +18,12 @@ from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.sources import load_cluster_api, load_cluster_file
 from ipvs_reaper.config import Config, ConfigError, load_config
 from ipvs_reaper.errors import InputError, RuntimeFailure
-from ipvs_reaper.ipvs.backend import IpvsError
+from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.ipvs.kernel import KernelIpvs
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text, read_live_facts
-from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError
+from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
 from ipvs_reaper.planner import Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.report import results_json, results_table, scan_json, scan_table
 from ipvs_reaper.values import IpvsTable
@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeAccess:
+    """What a live run touches on the node; tests hand in fakes."""
+
+    backend: IpvsBackend
+    sysctls: Sysctls
+    proc_kernel: Path = Path("/proc/sys/kernel")
+
+
+@dataclass(frozen=True, slots=True)
 class Gathered:
     node: str
     table: IpvsTable
@@ -93,7 +102,7 @@ def _read_input_file(path: str) -> str:
         raise InputError(f"{path}: {error.strerror or error}") from None
 
 
-def _gather(args: argparse.Namespace, backend: KernelIpvs) -> Gathered:
+def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
     node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     config = load_config(args.config) if args.config else Config()
     if args.ipvs_table:
@@ -108,8 +117,8 @@ def _gather(args: argparse.Namespace, backend: KernelIpvs) -> Gathered:
                 "--kernel-release, --kernel-version and --sysctls describe an --ipvs-table file; "
                 "the live table's kernel is read directly"
             )
-        table = backend.read_table()
-        facts = read_live_facts(ProcSysctls())
+        table = node_access.backend.read_table()
+        facts = read_live_facts(node_access.sysctls, node_access.proc_kernel)
     if args.cluster_state:
         cluster = load_cluster_file(args.cluster_state)
     else:
@@ -132,25 +141,21 @@ def _plan(gathered: Gathered, policy: str) -> Plan:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
     if args.command == "reap" and args.ipvs_table:
         raise InputError("reap acts on the live kernel table; --ipvs-table is for scan")
-    backend = KernelIpvs()
-    try:
-        gathered = _gather(args, backend)
-        plan = _plan(gathered, args.policy)
-        verdict = exposure_verdict(gathered.facts)
-        if args.command == "scan":
-            if args.output == "json":
-                print(json.dumps(scan_json(gathered.node, gathered.facts, verdict, plan, args.all), indent=2))
-            else:
-                print(scan_table(gathered.node, gathered.facts, verdict, plan, args.all))
-            return 0
-        result = apply_plan(
-            plan, backend, ProcSysctls(), dry_run=args.dry_run, clock=lambda: datetime.now(UTC)
-        )
-    finally:
-        backend.close()
+    gathered = _gather(args, node_access)
+    plan = _plan(gathered, args.policy)
+    verdict = exposure_verdict(gathered.facts)
+    if args.command == "scan":
+        if args.output == "json":
+            print(json.dumps(scan_json(gathered.node, gathered.facts, verdict, plan, args.all), indent=2))
+        else:
+            print(scan_table(gathered.node, gathered.facts, verdict, plan, args.all))
+        return 0
+    result = apply_plan(
+        plan, node_access.backend, node_access.sysctls, dry_run=args.dry_run, clock=lambda: datetime.now(UTC)
+    )
     if args.output == "json":
         document = scan_json(gathered.node, gathered.facts, verdict, plan, args.all) | results_json(result)
         print(json.dumps(document, indent=2))
@@ -163,14 +168,21 @@ def run(args: argparse.Namespace) -> int:
     return 1 if result.failed or plan.refusal else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, node_access: NodeAccess | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    kernel = None
+    if node_access is None:
+        kernel = KernelIpvs()
+        node_access = NodeAccess(backend=kernel, sysctls=ProcSysctls())
     try:
-        return run(args)
+        return run(args, node_access)
     except (InputError, ConfigError, TableParseError) as error:
         print(f"ipvs-reaper: error: {error}", file=sys.stderr)
         return 2
     except (RuntimeFailure, IpvsError, SysctlError) as error:
         print(f"ipvs-reaper: failed: {error}", file=sys.stderr)
         return 1
+    finally:
+        if kernel is not None:
+            kernel.close()

@@ -201,7 +201,8 @@ def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list
         return decisions, None
     # Oldest first, so a steady stream of new ones cannot starve the old.
     order = sorted(
-        reaps, key=lambda d: (inputs.first_seen.get(d.real_server.key, inputs.now), d.real_server.key)
+        reaps,
+        key=lambda d: (inputs.first_seen.get(d.real_server.key, inputs.now), d.real_server.key.sort_key()),
     )
     deferred = {id(d) for d in order[breaker.max_per_sweep :]}
     reason = f"per-sweep cap breaker.maxPerSweep={breaker.max_per_sweep}: next sweep"

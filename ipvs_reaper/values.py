@@ -28,7 +28,9 @@ def format_endpoint(address: IPAddress, port: int) -> str:
     return f"{address}:{port}"
 
 
-@dataclass(frozen=True, slots=True, order=True)
+# Keys have no dataclass ordering: IPv4 and IPv6 addresses do not compare with each other, so a plain
+# sort of mixed keys raises TypeError. `sort_key` gives a total order instead.
+@dataclass(frozen=True, slots=True)
 class VirtualKey:
     """Identifies a virtual service exactly as the kernel does: (protocol, address, port) or a fwmark."""
 
@@ -46,6 +48,10 @@ class VirtualKey:
     def firewall_mark(cls, fwmark: int, family: int = 4) -> VirtualKey:
         return cls(protocol=Protocol.FWM, family=family, address=None, port=0, fwmark=fwmark)
 
+    def sort_key(self) -> tuple[str, int, bytes, int, int]:
+        packed = self.address.packed if self.address is not None else b""
+        return (self.protocol.value, self.family, packed, self.port, self.fwmark)
+
     def __str__(self) -> str:
         if self.address is None:
             return f"fwmark:{self.fwmark}"
@@ -61,11 +67,14 @@ class VirtualService:
     persistent: bool = False
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class RealKey:
     virtual: VirtualKey
     address: IPAddress
     port: int
+
+    def sort_key(self) -> tuple[tuple[str, int, bytes, int, int], int, bytes, int]:
+        return (self.virtual.sort_key(), self.address.version, self.address.packed, self.port)
 
     def __str__(self) -> str:
         return f"{self.virtual.protocol} {self.virtual} -> {format_endpoint(self.address, self.port)}"

@@ -119,3 +119,36 @@ def parse_proc_ip_vs(text: str, source: str = "/proc/net/ip_vs") -> IpvsTable:
         except ValueError as error:
             raise TableParseError(source, number, str(error)) from None
     return IpvsTable(services=tuple(services), real_servers=tuple(real_servers))
+
+
+def _hex_endpoint(address: IPAddress, port: int) -> str:
+    if address.version == 6:
+        return f"[{address.exploded}]:{port:04X}"
+    return f"{int(address):08X}:{port:04X}"
+
+
+def render_proc_ip_vs(table: IpvsTable) -> str:
+    """The table in the kernel's /proc/net/ip_vs format (for fixtures and benchmarks)."""
+    lines = [
+        "IP Virtual Server version 1.2.1 (size=4096)",
+        "Prot LocalAddress:Port Scheduler Flags",
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn",
+    ]
+    by_service: dict[VirtualKey, list[RealServer]] = {svc.key: [] for svc in table.services}
+    for rs in table.real_servers:
+        by_service[rs.key.virtual].append(rs)
+    for svc in table.services:
+        key = svc.key
+        flags = "persistent 360 FFFFFFFF " if svc.persistent else ""
+        if key.address is None:
+            lines.append(f"FWM  {key.fwmark:08X} {svc.scheduler} {flags}")
+        else:
+            lines.append(
+                f"{key.protocol.value}  {_hex_endpoint(key.address, key.port)} {svc.scheduler} {flags}"
+            )
+        for rs in by_service[key]:
+            lines.append(
+                f"  -> {_hex_endpoint(rs.key.address, rs.key.port)}      {rs.forward:<7} {rs.weight:<6} "
+                f"{rs.active_conns:<10} {rs.inactive_conns:<10}"
+            )
+    return "\n".join(lines) + "\n"

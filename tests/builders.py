@@ -1,0 +1,84 @@
+"""Builders for Kubernetes objects as the API serves them (camelCase dicts), for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def service(
+    namespace: str,
+    name: str,
+    cluster_ips: list[str],
+    ports: list[dict[str, Any]],
+    *,
+    type_: str = "ClusterIP",
+    external_ips: list[str] | None = None,
+    lb_ips: list[str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": type_, "ports": ports}
+    if cluster_ips:
+        spec["clusterIP"] = cluster_ips[0]
+        spec["clusterIPs"] = cluster_ips
+    if external_ips:
+        spec["externalIPs"] = external_ips
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations:
+        metadata["annotations"] = annotations
+    status = {"loadBalancer": {"ingress": [{"ip": ip} for ip in lb_ips]} if lb_ips else {}}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec, "status": status}
+
+
+def port(port: int, name: str = "", protocol: str = "TCP", node_port: int | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"port": port, "protocol": protocol}
+    if name:
+        result["name"] = name
+    if node_port is not None:
+        result["nodePort"] = node_port
+    return result
+
+
+def endpoint(
+    address: str, ready: bool | None = True, serving: bool | None = None, terminating: bool | None = False
+) -> dict[str, Any]:
+    conditions = {
+        key: value
+        for key, value in (
+            ("ready", ready),
+            ("serving", ready if serving is None else serving),
+            ("terminating", terminating),
+        )
+        if value is not None
+    }
+    return {"addresses": [address], "conditions": conditions}
+
+
+def endpoint_slice(
+    namespace: str,
+    name: str,
+    service_name: str,
+    ports: list[dict[str, Any]],
+    endpoints: list[dict[str, Any]],
+    family: str = "IPv4",
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "addressType": family,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "ports": ports,
+        "endpoints": endpoints,
+    }
+
+
+def node(name: str, *addresses: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]},
+    }
