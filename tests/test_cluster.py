@@ -177,17 +177,17 @@ def test_garbage_slice_is_an_error_naming_the_field(mutate: Any, message: str) -
     sl = endpoint_slice("a", "b-1", "b", [port(8080)], [endpoint("10.1.0.1")])
     mutate(sl)
     document = json.dumps({"kind": "List", "items": [service("a", "b", ["10.96.0.2"], [port(80)]), sl]})
-    with pytest.raises(InputError, match="cluster.json: ") as caught:
+    with pytest.raises(InputError, match=r"cluster.json: ") as caught:
         parse_cluster_document(document, "cluster.json")
     assert message in str(caught.value)
 
 
 def test_garbage_documents() -> None:
-    with pytest.raises(InputError, match="not valid JSON or YAML"):
+    with pytest.raises(InputError, match=r"not valid JSON or YAML"):
         parse_cluster_document("{ not json", "c.json")
-    with pytest.raises(InputError, match="expected a List"):
+    with pytest.raises(InputError, match=r"expected a List"):
         parse_cluster_document('{"kind": "Service"}', "c.json")
-    with pytest.raises(InputError, match="No such file"):
+    with pytest.raises(InputError, match=r"No such file"):
         load_cluster_file("/nonexistent/cluster.json")
 
 

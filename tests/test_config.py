@@ -83,9 +83,9 @@ def test_bad_config_names_the_key(document: Any, message: str) -> None:
 def test_load_config_file_errors(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("policy: [\n")
-    with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML"):
         load_config(path)
-    with pytest.raises(ConfigError, match="No such file"):
+    with pytest.raises(ConfigError, match=r"No such file"):
         load_config(tmp_path / "missing.yaml")
     path.write_text("policy:\n  gone:\n    reap: never\n")
     assert load_config(path).policy.gone.reap is ReapMode.NEVER
@@ -95,7 +95,7 @@ def test_annotation_overrides_like_the_policy() -> None:
     override = parse_annotation('{"gone": {"reap": "never"}}')
     assert override.apply(DEFAULT_POLICY).gone.reap is ReapMode.NEVER
     assert override.apply(DEFAULT_POLICY).terminating == DEFAULT_POLICY.terminating
-    with pytest.raises(ConfigError, match="annotation.gone.reap"):
+    with pytest.raises(ConfigError, match=r"annotation.gone.reap"):
         parse_annotation("gone: {reap: maybe}")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
         parse_annotation("gone: {reap: [")

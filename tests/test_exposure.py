@@ -80,8 +80,11 @@ def test_unknown_sysctls_are_unknown() -> None:
 
 
 def test_sysctl_text() -> None:
-    text = "net.ipv4.vs.conn_reuse_mode = 0\nnet.ipv4.vs.expire_nodest_conn=1\nnet.ipv4.vs.conntrack = 1\nkernel.x = 3\n"
+    text = (
+        "net.ipv4.vs.conn_reuse_mode = 0\nnet.ipv4.vs.expire_nodest_conn=1\n"
+        "net.ipv4.vs.conntrack = 1\nkernel.x = 3\n"
+    )
     assert parse_sysctl_text(text, "s.txt") == {"conn_reuse_mode": 0, "expire_nodest_conn": 1}
-    with pytest.raises(InputError, match="s.txt: line 1"):
+    with pytest.raises(InputError, match=r"s.txt: line 1"):
         parse_sysctl_text("net.ipv4.vs.conn_reuse_mode = zero\n", "s.txt")
     assert facts_from_input(None, None, {}).source == "none"

@@ -143,7 +143,7 @@ def test_delete_success() -> None:
 
 def test_other_netlink_errors_are_errors() -> None:
     table = KernelIpvs(connect=lambda: FakeSocket(error=errno.EPERM))
-    with pytest.raises(IpvsError, match="deleting"):
+    with pytest.raises(IpvsError, match=r"deleting"):
         table.delete_real_server(REAL)
 
 
@@ -153,7 +153,7 @@ def test_missing_ipvs_family_is_an_error_not_already_gone() -> None:
     def connect() -> Any:
         raise NetlinkError(errno.ENOENT)
 
-    with pytest.raises(IpvsError, match="ip_vs loaded"):
+    with pytest.raises(IpvsError, match=r"ip_vs loaded"):
         KernelIpvs(connect=connect).delete_real_server(REAL)
 
 
@@ -173,5 +173,5 @@ def test_one_socket_serves_many_operations_and_is_closed() -> None:
 
 
 def test_missing_proc_file_is_a_clear_error(tmp_path: Any) -> None:
-    with pytest.raises(IpvsError, match="ip_vs module loaded"):
+    with pytest.raises(IpvsError, match=r"ip_vs module loaded"):
         KernelIpvs(proc_path=tmp_path / "ip_vs").read_table()
