@@ -32,8 +32,9 @@ NODE_IP = "192.168.0.1"
 SERVICE_PORTS = [80, 443]
 NODE_PORTS = [30001, 30002]
 TARGET_PORTS = [8080, 8443]
-PORT_NAMES = ["", "a", "b"]
-PROTOCOLS = ["TCP", "UDP", "SCTP"]
+# Weighted towards matches, so that mapped real servers with a matching endpoint come up often.
+PORT_NAMES = ["", "", "a"]
+PROTOCOLS = ["TCP", "TCP", "TCP", "UDP", "SCTP"]
 SERVICE_NAMES = [("ns1", "s1"), ("ns1", "s2"), ("ns2", "s1")]
 ANNOTATIONS = [None, "gone: {reap: never}", '{"notReady": {"reap": "always"}}', "gone: {reap: [", "42"]
 maybe_bool = st.sampled_from([True, False, None])
@@ -122,42 +123,50 @@ def cluster_items(draw: st.DrawFn) -> list[dict[str, Any]]:
     return items
 
 
-def _claimable_keys(items: list[dict[str, Any]]) -> list[VirtualKey]:
-    keys = []
+ServiceRef = tuple[str, str]
+
+
+def _claimable_keys(items: list[dict[str, Any]]) -> dict[VirtualKey, set[ServiceRef]]:
+    keys: dict[VirtualKey, set[ServiceRef]] = {}
     for item in items:
         if item["kind"] != "Service":
             continue
+        ref = (item["metadata"]["namespace"], item["metadata"]["name"])
         fronts = [ip for ip in item["spec"]["clusterIPs"] if ip != "None"] + item["spec"]["externalIPs"]
         fronts += [i["ip"] for i in item["status"]["loadBalancer"]["ingress"]]
         for p in item["spec"]["ports"]:
             protocol = Protocol(p["protocol"])
-            keys += [VirtualKey.inet(protocol, ipaddress.ip_address(ip), p["port"]) for ip in fronts]
+            found = [VirtualKey.inet(protocol, ipaddress.ip_address(ip), p["port"]) for ip in fronts]
             if "nodePort" in p:
-                keys.append(VirtualKey.inet(protocol, ipaddress.ip_address(NODE_IP), p["nodePort"]))
+                found.append(VirtualKey.inet(protocol, ipaddress.ip_address(NODE_IP), p["nodePort"]))
+            for key in found:
+                keys.setdefault(key, set()).add(ref)
     return keys
 
 
-def _endpoint_targets(items: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    return [
-        (e["addresses"][0], p["port"])
-        for item in items
-        if item["kind"] == "EndpointSlice"
-        for p in item["ports"]
-        for e in item["endpoints"]
-    ]
+def _endpoint_targets(items: list[dict[str, Any]]) -> dict[ServiceRef, list[tuple[str, int]]]:
+    targets: dict[ServiceRef, list[tuple[str, int]]] = {}
+    for item in items:
+        if item["kind"] != "EndpointSlice":
+            continue
+        ref = (item["metadata"]["namespace"], item["metadata"]["labels"]["kubernetes.io/service-name"])
+        for p in item["ports"]:
+            for e in item["endpoints"]:
+                targets.setdefault(ref, []).append((e["addresses"][0], p["port"]))
+    return targets
 
 
 @st.composite
 def ipvs_tables(draw: st.DrawFn, items: list[dict[str, Any]]) -> IpvsTable:
-    """Mostly built from the cluster's own Services and endpoints, so that the interesting cases (mapped,
-    matching endpoint, every condition) come up often; sometimes from anywhere."""
+    """Mostly built from the cluster's own Services and their endpoints, so that the interesting cases
+    (mapped, matching endpoint, every condition) come up often; sometimes from anywhere."""
     claimable = _claimable_keys(items)
     targets = _endpoint_targets(items)
     services: dict[VirtualKey, VirtualService] = {}
     for _ in range(draw(st.integers(0, 6))):
         choice = draw(st.integers(0, 9))
         if claimable and choice < 7:
-            key = draw(st.sampled_from(claimable))
+            key = draw(st.sampled_from(sorted(claimable, key=VirtualKey.sort_key)))
         elif choice == 7:
             key = VirtualKey.firewall_mark(draw(st.integers(1, 3)))
         else:
@@ -169,9 +178,10 @@ def ipvs_tables(draw: st.DrawFn, items: list[dict[str, Any]]) -> IpvsTable:
         services[key] = VirtualService(key, "rr")
     reals: dict[RealKey, RealServer] = {}
     for key in services:
+        own = [t for ref in sorted(claimable.get(key, ())) for t in targets.get(ref, [])]
         for _ in range(draw(st.integers(0, 4))):
-            if targets and draw(st.integers(0, 9)) < 7:
-                address_text, port = draw(st.sampled_from(targets))
+            if own and draw(st.integers(0, 9)) < 8:
+                address_text, port = draw(st.sampled_from(own))
             else:
                 address_text, port = draw(st.sampled_from(POD_IPS)), draw(st.sampled_from(TARGET_PORTS))
             real_key = RealKey(key, ipaddress.ip_address(address_text), port)
