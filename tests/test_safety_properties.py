@@ -110,8 +110,10 @@ def slice_objects(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def cluster_items(draw: st.DrawFn) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = draw(st.lists(service_objects(), max_size=4))
-    items += draw(st.lists(slice_objects(), max_size=5))
+    # Usually a usable view (both kinds present), sometimes not.
+    usable = draw(st.integers(0, 9)) < 8
+    items: list[dict[str, Any]] = draw(st.lists(service_objects(), min_size=int(usable), max_size=4))
+    items += draw(st.lists(slice_objects(), min_size=int(usable), max_size=5))
     if draw(st.booleans()):
         items.append(
             {
@@ -197,19 +199,22 @@ def ipvs_tables(draw: st.DrawFn, items: list[dict[str, Any]]) -> IpvsTable:
 
 rules = st.builds(
     Rule,
-    reap=st.sampled_from(list(ReapMode)),
+    reap=st.sampled_from([ReapMode.ALWAYS, ReapMode.ALWAYS, ReapMode.IDLE, ReapMode.IDLE, ReapMode.NEVER]),
     grace_seconds=st.sampled_from([0, 0, 30]),
     max_wait_seconds=st.sampled_from([None, 30, 300]),
 ).filter(lambda r: r.max_wait_seconds is None or r.max_wait_seconds >= r.grace_seconds)
 configs = st.builds(
     Config,
     policy=st.builds(StatePolicy, gone=rules, terminating=rules, not_ready=rules),
-    expire_nodest_conn=st.sampled_from(list(SysctlMode)),
+    expire_nodest_conn=st.sampled_from(
+        [SysctlMode.ENFORCE, SysctlMode.ENFORCE, SysctlMode.REPORT_ONLY, SysctlMode.IGNORE]
+    ),
     breaker=st.builds(
         Breaker,
-        max_share=st.sampled_from([0.1, 0.5, 1.0]),
-        min_deletions=st.integers(0, 5),
-        max_per_sweep=st.integers(1, 10),
+        # Mostly permissive, so that sweeps do reap and the checks after the breaker are exercised.
+        max_share=st.sampled_from([0.1, 0.5, 1.0, 1.0]),
+        min_deletions=st.sampled_from([0, 3, 100, 100]),
+        max_per_sweep=st.sampled_from([1, 3, 100]),
     ),
 )
 
@@ -234,7 +239,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         cluster=cluster_state_from_items(items),
         node_name="node-a",
         config=draw(configs),
-        expire_nodest_conn=draw(st.sampled_from([0, 1, None])),
+        expire_nodest_conn=draw(st.sampled_from([0, 1, 1, None])),
         now=NOW,
         first_seen=first_seen,
         policy=draw(st.sampled_from(list(PolicyChoice))),
@@ -311,7 +316,7 @@ def check_plan_invariants(scenario: Scenario, plan: Plan) -> None:
         assert plan.needs_expire_nodest_conn or inputs.config.expire_nodest_conn is SysctlMode.IGNORE
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_planner_never_reaps_a_wanted_real_server(scenario: Scenario) -> None:
     check_plan_invariants(scenario, plan_sweep(scenario.inputs))
