@@ -59,7 +59,6 @@ _EndpointKey = tuple[str, str, Protocol, IPAddress, int]
 
 class ClusterIndex:
     def __init__(self, state: ClusterState, node_name: str) -> None:
-        self.node_found = state.node(node_name) is not None
         self._targets: dict[VirtualKey, Target] = {}
         self.ambiguous: dict[VirtualKey, tuple[str, ...]] = {}
         claims: dict[VirtualKey, list[Target]] = defaultdict(list)

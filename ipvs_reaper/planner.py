@@ -20,6 +20,7 @@ from ipvs_reaper.config import (
     IMMEDIATE_POLICY,
     Config,
     ConfigError,
+    PolicyOverride,
     ReapMode,
     Rule,
     SysctlMode,
@@ -86,7 +87,23 @@ _STATE_RULES = {
 }
 
 
-def _resolve_rule(inputs: SweepInputs, target: Target, state: EndpointState) -> Rule:
+# Parsed annotations for one sweep: a Service's many real servers share one parse.
+_AnnotationCache = dict[str, PolicyOverride | ConfigError]
+
+
+def _annotation_override(text: str, cache: _AnnotationCache) -> PolicyOverride:
+    if text not in cache:
+        try:
+            cache[text] = parse_annotation(text)
+        except ConfigError as error:
+            cache[text] = error
+    parsed = cache[text]
+    if isinstance(parsed, ConfigError):
+        raise parsed
+    return parsed
+
+
+def _resolve_rule(inputs: SweepInputs, target: Target, state: EndpointState, cache: _AnnotationCache) -> Rule:
     """Configured policy, then the namespace's override, then the Service's annotation."""
     attr = _STATE_RULES[state]
     policy = inputs.config.policy
@@ -94,7 +111,7 @@ def _resolve_rule(inputs: SweepInputs, target: Target, state: EndpointState) -> 
     if namespace_override is not None:
         policy = namespace_override.apply(policy)
     if target.service.policy_annotation is not None:
-        policy = parse_annotation(target.service.policy_annotation).apply(policy)
+        policy = _annotation_override(target.service.policy_annotation, cache).apply(policy)
     configured: Rule = getattr(policy, attr)
     if inputs.policy is PolicyChoice.IMMEDIATE and configured.reap is not ReapMode.NEVER:
         # `immediate` ignores grace, caps and connections, but not an operator's explicit `never`.
@@ -129,7 +146,9 @@ def _apply_rule(
     return Action.WAIT, f"{label}: ActiveConn {rs.active_conns}, waiting for 0 (no cap)", None, False
 
 
-def _decide(inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime) -> Decision:
+def _decide(
+    inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime, cache: _AnnotationCache
+) -> Decision:
     target = index.target(rs.key.virtual)
     status = index.endpoint_status(target, rs.key.address, rs.key.port)
     service = target.service.ref if target is not None else None
@@ -151,9 +170,9 @@ def _decide(inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: dat
     if status.state is EndpointState.READY:
         return keep("endpoint is ready: an admin drain or kube-proxy lag, never reaped")
     if status.serving:
-        return keep("endpoint is terminating but still serving")
+        return keep(f"endpoint is {status.state.value} but still serving")
     try:
-        rule = _resolve_rule(inputs, target, status.state)
+        rule = _resolve_rule(inputs, target, status.state, cache)
     except ConfigError as error:
         return keep(f"bad annotation on {service}: {error}")
     action, reason, reap_after, requires_idle = _apply_rule(rs, rule, status.state, since, inputs.now)
@@ -214,13 +233,14 @@ def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list
 def plan_sweep(inputs: SweepInputs) -> Plan:
     index = ClusterIndex(inputs.cluster, inputs.node_name)
     first_seen: dict[RealKey, datetime] = {}
+    cache: _AnnotationCache = {}
     decisions = []
     for rs in inputs.table.real_servers:
         since = inputs.now
         if rs.weight == 0:
             since = inputs.first_seen.get(rs.key, inputs.now)
             first_seen[rs.key] = since
-        decisions.append(_decide(inputs, index, rs, since))
+        decisions.append(_decide(inputs, index, rs, since, cache))
     decisions, needs_sysctl = _gate_on_sysctl(inputs, decisions)
     decisions, refusal = _apply_breaker(inputs, decisions)
     if refusal is None and not inputs.cluster.usable:
