@@ -1,0 +1,119 @@
+"""One node's kernel state, built the way kube-proxy and a CNI build it, and torn down between tests.
+
+ClusterIPs live on a dummy `kube-ipvs0`; pods are network namespaces reached through a veth with a /32 route and
+proxy ARP on the host side (as Calico does); IPVS rules are added with `ipvsadm` (test setup only: the product
+never shells out). The node forwards between pods, so a client pod's packets meet IPVS on the way in.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.kernel.pods import Client, PodServer
+
+VS_SYSCTLS = Path("/proc/sys/net/ipv4/vs")
+DEFAULT_SYSCTLS = {"conn_reuse_mode": 1, "expire_nodest_conn": 0}
+
+
+def sh(*args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"`{' '.join(args)}` failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def set_proc(path: Path, value: int | str) -> None:
+    path.write_text(f"{value}\n")
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    address: str
+
+
+class Lab:
+    def __init__(self) -> None:
+        self._pods: dict[str, Pod] = {}
+        self._servers: list[PodServer] = []
+        self._ipvs_device = False
+
+    # --- topology -------------------------------------------------------------------------------------------
+
+    def cluster_ips(self, *addresses: str) -> None:
+        if not self._ipvs_device:
+            sh("ip", "link", "add", "kube-ipvs0", "type", "dummy")
+            self._ipvs_device = True
+        for address in addresses:
+            prefix = "128" if ":" in address else "32"
+            sh("ip", "addr", "add", f"{address}/{prefix}", "dev", "kube-ipvs0")
+
+    def pod(self, name: str, address: str) -> Pod:
+        index = len(self._pods)
+        host_side = f"veth{index}"
+        commands = [
+            f"netns add {name}",
+            f"link add {host_side} type veth peer name eth0 netns {name}",
+            f"link set {host_side} up",
+            f"route add {address}/32 dev {host_side}",
+            f"-n {name} link set lo up",
+            f"-n {name} link set eth0 up",
+            f"-n {name} addr add {address}/32 dev eth0",
+            f"-n {name} route add default dev eth0",
+        ]
+        for command in commands:
+            sh("ip", *command.split())
+        set_proc(Path(f"/proc/sys/net/ipv4/conf/{host_side}/proxy_arp"), 1)
+        pod = Pod(name, address)
+        self._pods[name] = pod
+        return pod
+
+    def serve(self, pod: Pod, port: int, kind: int = socket.SOCK_STREAM) -> PodServer:
+        server = PodServer(pod.name, pod.name, port, kind)
+        self._servers.append(server)
+        return server
+
+    def client(self, source_port: int, timeout_seconds: float = 3.0) -> Client:
+        pod = self._pods.get("client") or self.pod("client", "10.244.9.9")
+        return Client(pod.name, source_port, timeout_seconds)
+
+    # --- IPVS and its sysctls -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def ipvsadm(*args: str) -> str:
+        return sh("ipvsadm", *args)
+
+    @staticmethod
+    def restore(rules: Iterable[str]) -> None:
+        sh("ipvsadm", "-R", stdin="\n".join(rules) + "\n")
+
+    @staticmethod
+    def sysctl(name: str, value: int) -> None:
+        set_proc(VS_SYSCTLS / name, value)
+
+    @staticmethod
+    def read_sysctl(name: str) -> int:
+        return int((VS_SYSCTLS / name).read_text())
+
+    # --- teardown ---------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.kill()
+        sh("ipvsadm", "-C")
+        for name in self._pods:
+            sh("ip", "netns", "del", name)
+        if self._ipvs_device:
+            sh("ip", "link", "del", "kube-ipvs0")
+        for name, value in DEFAULT_SYSCTLS.items():
+            self.sysctl(name, value)
+
+
+def prepare_node() -> None:
+    """Once per VM: what a kube-proxy node has set."""
+    set_proc(Path("/proc/sys/net/ipv4/ip_forward"), 1)
+    set_proc(Path("/proc/sys/net/ipv6/conf/all/forwarding"), 1)

@@ -1,0 +1,159 @@
+"""Pods for the kernel tier: network namespaces with a veth each, and tiny servers that answer with their name.
+
+The servers and clients are threads and sockets of the test process itself: a socket belongs to the network
+namespace its creator was in when it was made, so a short-lived thread joins the pod's namespace, makes the socket
+and leaves. That spares a Python start per pod, which costs seconds in the slow guest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+CLONE_NEWNET = 0x40000000
+
+
+def socket_in(netns: str, family: int, kind: int) -> socket.socket:
+    made: list[socket.socket] = []
+    failure: list[OSError] = []
+
+    def make() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                failure.append(OSError(code, f"setns into {netns}: {os.strerror(code)}"))
+                return
+            made.append(socket.socket(family, kind))
+        finally:
+            os.close(fd)
+
+    worker = threading.Thread(target=make, name=f"setns-{netns}")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return made[0]
+
+
+class Outcome(StrEnum):
+    """What a client saw. `refused` is the dead pod answering with RST (TCP) or port unreachable (UDP)."""
+
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    RESET = "reset"
+
+
+@dataclass(frozen=True)
+class Reply:
+    pod: str | None
+    outcome: Outcome | None
+
+    def __str__(self) -> str:
+        return f"pod {self.pod}" if self.pod else str(self.outcome)
+
+
+def _classify(error: OSError) -> Outcome:
+    if isinstance(error, TimeoutError):
+        return Outcome.TIMEOUT
+    if error.errno == errno.ECONNREFUSED:
+        return Outcome.REFUSED
+    if error.errno == errno.ECONNRESET:
+        return Outcome.RESET
+    if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return Outcome.UNREACHABLE
+    raise error
+
+
+class PodServer:
+    """Answers every TCP connection, or UDP datagram, with the pod's name; TCP closes first, as HTTP servers do,
+    so the kernel's connection entry ends in TIME_WAIT, the state that is reused."""
+
+    def __init__(self, netns: str, name: str, port: int, kind: int) -> None:
+        self.name = name
+        self._kind = kind
+        self._socket = socket_in(netns, socket.AF_INET, kind)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("0.0.0.0", port))
+        if kind == socket.SOCK_STREAM:
+            self._socket.listen(64)
+        self._stopped = threading.Event()
+        serve: Callable[[], None] = self._serve_tcp if kind == socket.SOCK_STREAM else self._serve_udp
+        self._thread = threading.Thread(target=serve, name=f"pod-{name}", daemon=True)
+        self._thread.start()
+
+    def _serve_tcp(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(f"{self.name}\n".encode())
+
+    def _serve_udp(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                _, peer = self._socket.recvfrom(512)
+                self._socket.sendto(f"{self.name}\n".encode(), peer)
+            except OSError:
+                return
+
+    def kill(self) -> None:
+        """The pod's process dies; its namespace and address stay, as while a pod terminates."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        # shutdown wakes the blocked accept/recvfrom; close alone does not on Linux.
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError as error:
+            if error.errno != errno.ENOTCONN:
+                raise
+        self._socket.close()
+        self._thread.join(timeout=10)
+
+
+class Client:
+    """A client pod that always uses the same source port, as a busy client's port reuse does."""
+
+    def __init__(self, netns: str, source_port: int, timeout_seconds: float = 3.0) -> None:
+        self._netns = netns
+        self._source_port = source_port
+        self._timeout = timeout_seconds
+
+    def _socket(self, kind: int) -> socket.socket:
+        made = socket_in(self._netns, socket.AF_INET, kind)
+        made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        made.settimeout(self._timeout)
+        made.bind(("0.0.0.0", self._source_port))
+        return made
+
+    def tcp(self, address: str, port: int) -> Reply:
+        with self._socket(socket.SOCK_STREAM) as connection:
+            try:
+                connection.connect((address, port))
+                received = b""
+                while chunk := connection.recv(256):
+                    received += chunk
+            except OSError as error:
+                return Reply(None, _classify(error))
+        return Reply(received.decode().strip(), None)
+
+    def udp(self, address: str, port: int) -> Reply:
+        with self._socket(socket.SOCK_DGRAM) as flow:
+            try:
+                flow.connect((address, port))
+                flow.send(b"who?\n")
+                received = flow.recv(512)
+            except OSError as error:
+                return Reply(None, _classify(error))
+        return Reply(received.decode().strip(), None)
