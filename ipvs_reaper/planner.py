@@ -179,28 +179,40 @@ def _decide(
     return Decision(rs, service, status, action, reason, reap_after, requires_idle)
 
 
-def _gate_on_sysctl(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list[Decision], bool]:
-    """Deleting with expire_nodest_conn=0 turns refusals into silent drops: enforce it, refuse, or say so."""
+def _gate_on_sysctl(
+    inputs: SweepInputs, decisions: list[Decision]
+) -> tuple[list[Decision], bool, str | None]:
+    """Deleting with expire_nodest_conn=0 turns refusals into silent drops: enforce it, refuse, or say so.
+
+    Returns the decisions, whether the sysctl must be set first, and the refusal when report-only withholds
+    deletions (the operator must hear that nothing was reaped, and why).
+    """
     value = inputs.expire_nodest_conn
     if value == 1 or not any(d.action is Action.REAP for d in decisions):
-        return decisions, False
+        return decisions, False, None
     mode = inputs.config.expire_nodest_conn
     if mode is SysctlMode.ENFORCE:
-        return decisions, True
+        return decisions, True, None
     shown = "unknown" if value is None else str(value)
     if mode is SysctlMode.REPORT_ONLY:
         reason = (
             f"expire_nodest_conn={shown} and expireNodestConn is report-only: deleting now would turn "
             "refused connections into silent drops"
         )
-        return [
-            replace(d, action=Action.KEEP, reason=reason) if d.action is Action.REAP else d for d in decisions
-        ], False
+        return (
+            [replace(d, action=Action.KEEP, reason=reason) if d.action is Action.REAP else d for d in decisions],
+            False,
+            f"not deleting {sum(d.action is Action.REAP for d in decisions)} real server(s): {reason}",
+        )
     suffix = (
         f" (expire_nodest_conn={shown}, expireNodestConn: ignore: entries to it will be dropped, "
         "not rescheduled)"
     )
-    return [replace(d, reason=d.reason + suffix) if d.action is Action.REAP else d for d in decisions], False
+    return (
+        [replace(d, reason=d.reason + suffix) if d.action is Action.REAP else d for d in decisions],
+        False,
+        None,
+    )
 
 
 def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list[Decision], str | None]:
@@ -241,8 +253,9 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
             since = inputs.first_seen.get(rs.key, inputs.now)
             first_seen[rs.key] = since
         decisions.append(_decide(inputs, index, rs, since, cache))
-    decisions, needs_sysctl = _gate_on_sysctl(inputs, decisions)
+    decisions, needs_sysctl, sysctl_refusal = _gate_on_sysctl(inputs, decisions)
     decisions, refusal = _apply_breaker(inputs, decisions)
+    refusal = refusal or sysctl_refusal
     if refusal is None and not inputs.cluster.usable:
         refusal = f"cluster state unusable: {'; '.join(inputs.cluster.problems)}"
     return Plan(

@@ -161,9 +161,11 @@ def test_reap_dry_run_and_report_only(capsys: pytest.CaptureFixture[str], tmp_pa
     assert "would-delete" in capsys.readouterr().out
     config = tmp_path / "c.yaml"
     config.write_text("expireNodestConn: report-only\n")
-    assert main(["reap", "--once", *OFFLINE, "--config", str(config)], node_access=access) == 0
-    assert fake.deleted == []
-    assert "report-only" in capsys.readouterr().out
+    assert main(["reap", "--once", *OFFLINE, "--config", str(config)], node_access=access) == 1
+    assert fake.deleted == [] and sysctls.writes == []
+    said = capsys.readouterr()
+    assert "report-only" in said.out
+    assert "refused: not deleting" in said.err and "expireNodestConn is report-only" in said.err
 
 
 def test_reap_refuses_when_the_sysctl_cannot_be_set(

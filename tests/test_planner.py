@@ -203,6 +203,9 @@ def test_expire_nodest_conn_gate(
         assert "expireNodestConn: ignore" in only(p)[1]
     if action is Action.KEEP:
         assert "report-only" in only(p)[1]
+        assert p.refusal is not None and "not deleting 1 real server(s)" in p.refusal
+    else:
+        assert p.refusal is None
 
 
 def test_circuit_breaker_refuses_the_whole_sweep() -> None:

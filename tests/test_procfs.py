@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import ipaddress
-import re
 from pathlib import Path
 
 import pytest
@@ -9,49 +7,14 @@ from hypothesis import given
 
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs, render_proc_ip_vs
 from ipvs_reaper.values import IpvsTable, Protocol, VirtualKey
+from tests.ipvsadm_text import list_counters, parse_restore_format, rows, table_counters
 from tests.strategies import tables
-
-_FORWARD = {"-m": "Masq", "-g": "Route", "-i": "Tunnel"}
-_PROTO = {"-t": "TCP", "-u": "UDP", "--sctp-service": "SCTP", "-f": "FWM"}
-
-
-def _endpoint(text: str) -> tuple[str, int]:
-    address, _, port = text.rpartition(":")
-    return ipaddress.ip_address(address.strip("[]")).compressed, int(port)
-
-
-def _parse_restore_format(text: str) -> set[tuple[str, str, str, int, str]]:
-    """`ipvsadm -Sn` lines as (protocol, virtual, real, weight, forward), an independent reading."""
-    rows = set()
-    for line in text.splitlines():
-        words = line.split()
-        if words[0] != "-a":
-            continue
-        proto = _PROTO[words[1]]
-        virtual = f"fwmark:{words[2]}" if proto == "FWM" else "{}:{}".format(*_endpoint(words[2]))
-        real = _endpoint(words[words.index("-r") + 1])
-        forward = next(_FORWARD[w] for w in words if w in _FORWARD)
-        rows.add((proto, virtual, f"{real[0]}:{real[1]}", int(words[words.index("-w") + 1]), forward))
-    return rows
-
-
-def _rows(table: IpvsTable) -> set[tuple[str, str, str, int, str]]:
-    return {
-        (
-            rs.key.virtual.protocol.value,
-            str(rs.key.virtual).replace("[", "").replace("]", ""),
-            f"{rs.key.address.compressed}:{rs.key.port}",
-            rs.weight,
-            rs.forward,
-        )
-        for rs in table.real_servers
-    }
 
 
 def test_kernel_capture_matches_ipvsadm_restore_format(fixtures: Path) -> None:
     table = parse_proc_ip_vs((fixtures / "proc-net-ip_vs.txt").read_text())
-    expected = _parse_restore_format((fixtures / "ipvsadm-Sn.txt").read_text())
-    assert _rows(table) == expected
+    expected = parse_restore_format((fixtures / "ipvsadm-Sn.txt").read_text())
+    assert rows(table) == expected
     assert len(table.services) == 8
 
 
@@ -67,12 +30,7 @@ def test_kernel_capture_flags(fixtures: Path) -> None:
 
 def test_capture_matches_ipvsadm_list_counters(fixtures: Path) -> None:
     table = parse_proc_ip_vs((fixtures / "proc-net-ip_vs.txt").read_text())
-    listed = re.findall(
-        r"->\s+(\S+)\s+\w+\s+(\d+)\s+(\d+)\s+(\d+)", (fixtures / "ipvsadm-Ln.txt").read_text()
-    )
-    assert sorted((int(w), int(a), int(i)) for _, w, a, i in listed) == sorted(
-        (rs.weight, rs.active_conns, rs.inactive_conns) for rs in table.real_servers
-    )
+    assert list_counters((fixtures / "ipvsadm-Ln.txt").read_text()) == table_counters(table)
 
 
 @given(tables())

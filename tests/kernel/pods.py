@@ -148,6 +148,12 @@ class Client:
                 return Reply(None, _classify(error))
         return Reply(received.decode().strip(), None)
 
+    def connect_and_hold(self, address: str, port: int) -> socket.socket:
+        """An established connection left open, which IPVS counts as active; the caller closes it."""
+        connection = self._socket(socket.SOCK_STREAM)
+        connection.connect((address, port))
+        return connection
+
     def udp(self, address: str, port: int) -> Reply:
         with self._socket(socket.SOCK_DGRAM) as flow:
             try:
