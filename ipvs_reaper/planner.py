@@ -199,11 +199,11 @@ def _gate_on_sysctl(
             f"expire_nodest_conn={shown} and expireNodestConn is report-only: deleting now would turn "
             "refused connections into silent drops"
         )
-        return (
-            [replace(d, action=Action.KEEP, reason=reason) if d.action is Action.REAP else d for d in decisions],
-            False,
-            f"not deleting {sum(d.action is Action.REAP for d in decisions)} real server(s): {reason}",
-        )
+        withheld = sum(d.action is Action.REAP for d in decisions)
+        kept = [
+            replace(d, action=Action.KEEP, reason=reason) if d.action is Action.REAP else d for d in decisions
+        ]
+        return kept, False, f"not deleting {withheld} real server(s): {reason}"
     suffix = (
         f" (expire_nodest_conn={shown}, expireNodestConn: ignore: entries to it will be dropped, "
         "not rescheduled)"

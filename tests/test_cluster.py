@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ipvs_reaper.cluster.parse import cluster_state_from_items
+from ipvs_reaper.cluster.parse import ObjectError, _ip, cluster_state_from_items
 from ipvs_reaper.cluster.sources import load_cluster_file, parse_cluster_document
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.mapping import ClusterIndex, EndpointState
@@ -198,3 +200,23 @@ def test_yaml_export_reads_like_json(examples: Path) -> None:
     assert parse_cluster_document(yaml.safe_dump(document), "c.yaml") == load_cluster_file(
         str(examples / "cluster.json")
     )
+
+
+_ADDRESS_LIKE = st.one_of(
+    st.ip_addresses().map(str),
+    st.lists(
+        st.sampled_from(["0", "1", "01", "10", "255", "256", "0x1", " ", "", "\x00", ":", "fe80", "%eth0"])
+    ).map(".".join),
+    st.text(alphabet="0123456789abcdefx.: %\x00\n", max_size=20),
+)
+
+
+@given(_ADDRESS_LIKE)
+def test_address_parsing_accepts_exactly_what_ipaddress_accepts(text: str) -> None:
+    try:
+        expected = ipaddress.ip_address(text)
+    except ValueError:
+        with pytest.raises(ObjectError, match="is not an IP address"):
+            _ip(text, "spec.clusterIP")
+    else:
+        assert _ip(text, "spec.clusterIP") == expected

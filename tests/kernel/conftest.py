@@ -1,18 +1,16 @@
 """The real-kernel tier.
 
-On the host (no IPVS) every test here is replaced by a proxy; the first proxy to run boots one throwaway VM for the
-whole session and runs all selected tests of this folder in it with pytest; each proxy then reports its own
-test's outcome from the guest, with the guest's failure text. A skip inside the guest, a test that did not run,
-or a VM that did not boot are failures: this tier never skips silently.
+On the host (no IPVS) every test here is replaced by a proxy; the first proxy to run boots one throwaway VM
+for the whole session and runs all selected tests of this folder in it with pytest; each proxy then reports
+its own test's outcome from the guest, with the guest's failure text. A skip inside the guest, a test that
+did not run, or a VM that did not boot are failures: this tier never skips silently.
 
-In the guest (IPVS_REAPER_GUEST=1) the tests run for real, and a small reporter writes each result as a JSON line
-to the results share.
-"""
+In the guest (IPVS_REAPER_GUEST=1) the tests run for real, and a small reporter writes each result as a
+JSON line to the results share."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -24,13 +22,13 @@ from typing import Any
 import pytest
 
 from tests.vm.errors import VmError
+from tests.vm.guest_report import REPORT_NAME, append_report_line, guest_failure, read_guest_report
 from tests.vm.image import ensure_image
 from tests.vm.machine import VmRun, run_in_vm
 
 IN_GUEST = os.environ.get("IPVS_REAPER_GUEST") == "1"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-REPORT_NAME = "guest-report.jsonl"
 GUEST_REPORT = Path("/run/ipvs-vm") / REPORT_NAME
 
 
@@ -38,7 +36,7 @@ def in_tier(item: pytest.Item) -> bool:
     return Path(str(item.path)).resolve().is_relative_to(HERE)
 
 
-# --- guest side ---------------------------------------------------------------------------------------------------
+# --- guest side ---------------------------------------------------------------------------------------------
 
 if IN_GUEST:
     from tests.kernel.lab import Lab, prepare_node
@@ -62,19 +60,10 @@ if IN_GUEST:
         return itertools.count(40000)
 
     def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-        line = {
-            "nodeid": report.nodeid,
-            "when": report.when,
-            "outcome": report.outcome,
-            "duration": report.duration,
-            "longrepr": str(report.longrepr) if report.longrepr else "",
-            "sections": [[title, text] for title, text in report.sections],
-        }
-        with GUEST_REPORT.open("a") as sink:
-            sink.write(json.dumps(line) + "\n")
+        append_report_line(GUEST_REPORT, report)
 
 
-# --- host side ----------------------------------------------------------------------------------------------------
+# --- host side ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -101,10 +90,7 @@ class GuestSession:
         except VmError as error:
             self.error = str(error)
             return
-        report = results / REPORT_NAME
-        for line in report.read_text().splitlines() if report.exists() else []:
-            entry = json.loads(line)
-            self.results.setdefault(entry["nodeid"], []).append(entry)
+        self.results = read_guest_report(results / REPORT_NAME)
 
 
 GUEST_SESSION = pytest.StashKey[GuestSession]()
@@ -123,22 +109,13 @@ class GuestProxy(pytest.Item):
         if session.error is not None:
             raise GuestFailure(f"the kernel VM failed: {session.error}")
         assert session.run is not None
-        phases = session.results.get(self.nodeid)
-        if not phases:
-            raise GuestFailure(
-                f"the test did not run in the VM (guest exit {session.run.exit_code}); guest output:\n"
-                + "\n".join(session.run.job_log.splitlines()[-60:])
-            )
+        phases = session.results.get(self.nodeid, [])
         for phase in phases:
             for title, text in phase["sections"]:
                 self.add_report_section(phase["when"], title.rsplit(" ", 1)[-1], text)
-        for phase in phases:
-            if phase["outcome"] == "failed":
-                raise GuestFailure(f"failed in the VM during {phase['when']}:\n{phase['longrepr']}")
-            if phase["outcome"] == "skipped":
-                raise GuestFailure(f"skipped in the VM, which this tier does not allow: {phase['longrepr']}")
-        if not any(phase["when"] == "call" and phase["outcome"] == "passed" for phase in phases):
-            raise GuestFailure(f"no passing call phase reported from the VM: {phases}")
+        failure = guest_failure(phases, session.run)
+        if failure is not None:
+            raise GuestFailure(failure)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, GuestFailure):
@@ -151,7 +128,9 @@ class GuestProxy(pytest.Item):
 
 if not IN_GUEST:
 
-    def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         proxies: list[str] = []
         for index, item in enumerate(items):
             if not in_tier(item):

@@ -1,9 +1,9 @@
 """One node's kernel state, built the way kube-proxy and a CNI build it, and torn down between tests.
 
-ClusterIPs live on a dummy `kube-ipvs0`; pods are network namespaces reached through a veth with a /32 route and
-proxy ARP on the host side (as Calico does); IPVS rules are added with `ipvsadm` (test setup only: the product
-never shells out). The node forwards between pods, so a client pod's packets meet IPVS on the way in.
-"""
+ClusterIPs live on a dummy `kube-ipvs0`; pods are network namespaces reached through a veth with a /32
+route and proxy ARP on the host side (as Calico does); IPVS rules are added with `ipvsadm` (test setup
+only: the product never shells out). The node forwards between pods, so a client pod's packets meet IPVS on
+the way in."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class Lab:
         pod = self._pods.get("client") or self.pod("client", "10.244.9.9")
         return Client(pod.name, source_port, timeout_seconds)
 
-    # --- IPVS and its sysctls -----------------------------------------------------------------------------------
+    # --- IPVS and its sysctls -------------------------------------------------------------------------------
 
     @staticmethod
     def ipvsadm(*args: str) -> str:
@@ -99,7 +99,7 @@ class Lab:
     def read_sysctl(name: str) -> int:
         return int((VS_SYSCTLS / name).read_text())
 
-    # --- teardown ---------------------------------------------------------------------------------------------
+    # --- teardown -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
         for server in self._servers:

@@ -1,9 +1,9 @@
-"""Pods for the kernel tier: network namespaces with a veth each, and tiny servers that answer with their name.
+"""Pods for the kernel tier: network namespaces with a veth each, and tiny servers that answer with their
+name.
 
 The servers and clients are threads and sockets of the test process itself: a socket belongs to the network
-namespace its creator was in when it was made, so a short-lived thread joins the pod's namespace, makes the socket
-and leaves. That spares a Python start per pod, which costs seconds in the slow guest.
-"""
+namespace its creator was in when it was made, so a short-lived thread joins the pod's namespace, makes the
+socket and leaves. That spares a Python start per pod, which costs seconds in the slow guest."""
 
 from __future__ import annotations
 
@@ -74,8 +74,10 @@ def _classify(error: OSError) -> Outcome:
 
 
 class PodServer:
-    """Answers every TCP connection, or UDP datagram, with the pod's name; TCP closes first, as HTTP servers do,
-    so the kernel's connection entry ends in TIME_WAIT, the state that is reused."""
+    """Answers every TCP connection, or UDP datagram, with the pod's name.
+
+    TCP closes first, as HTTP servers do, so the kernel's entry ends in TIME_WAIT, the state that is reused.
+    """
 
     def __init__(self, netns: str, name: str, port: int, kind: int) -> None:
         self.name = name

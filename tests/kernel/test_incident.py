@@ -1,5 +1,6 @@
-"""The incident, end to end on a real kernel, through the installed `ipvs-reaper` command: a rolling update leaves
-a dead pod's real server at weight 0, clients reusing source ports are refused, and `reap --once` ends it."""
+"""The incident, end to end on a real kernel, through the installed `ipvs-reaper` command: a rolling update
+leaves a dead pod's real server at weight 0, clients reusing source ports are refused, and `reap --once`
+ends it."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class Rollout:
 
 
 def roll_out(lab: Lab, ports: Iterator[int], tmp_path: Path, vip: str, kind: int) -> Rollout:
-    """The old pod served both clients; the new pod came up; kube-proxy set the old one to weight 0; it died."""
+    """The old pod served both clients; a new one came up; kube-proxy set the old to weight 0; it died."""
     protocol, flag = ("TCP", "-t") if kind == socket.SOCK_STREAM else ("UDP", "-u")
     port = 80 if kind == socket.SOCK_STREAM else 53
     lab.cluster_ips(vip)
@@ -72,7 +73,10 @@ def unrelated_service(lab: Lab) -> set[tuple[str, str, str, int, str]]:
 
 def reap(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(REAPER), "reap", "--once", "--node-name", NODE, *args], capture_output=True, text=True, check=False
+        [str(REAPER), "reap", "--once", "--node-name", NODE, *args],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -81,7 +85,9 @@ def test_reap_once_ends_the_incident(lab: Lab, source_ports: Iterator[int], tmp_
     lab.sysctl("expire_nodest_conn", 0)
     rollout = roll_out(lab, source_ports, tmp_path, "10.96.4.10", socket.SOCK_STREAM)
     unrelated = unrelated_service(lab)
-    assert rollout.control.tcp(rollout.vip, rollout.port).outcome is Outcome.REFUSED, "incident not reproduced"
+    assert rollout.control.tcp(rollout.vip, rollout.port).outcome is Outcome.REFUSED, (
+        "incident not reproduced"
+    )
 
     done = reap("--cluster-state", str(rollout.cluster_state))
     assert done.returncode == 0, done.stderr
@@ -107,8 +113,9 @@ def test_report_only_refuses_and_says_why(lab: Lab, source_ports: Iterator[int],
     done = reap("--cluster-state", str(rollout.cluster_state), "--config", str(config))
 
     assert done.returncode == 1
-    assert "refused: not deleting 1 real server(s): expire_nodest_conn=0 and expireNodestConn is report-only" in (
-        done.stderr
+    assert (
+        "refused: not deleting 1 real server(s): expire_nodest_conn=0 and expireNodestConn is report-only"
+        in (done.stderr)
     )
     assert parse_restore_format(lab.ipvsadm("-Sn")) == before
     assert lab.read_sysctl("expire_nodest_conn") == 0
@@ -123,7 +130,9 @@ def test_udp_weight_zero_real_server_is_reaped(
     lab.sysctl("conn_reuse_mode", reuse)
     lab.sysctl("expire_nodest_conn", 0)
     rollout = roll_out(lab, source_ports, tmp_path, f"10.96.4.{20 + reuse}", socket.SOCK_DGRAM)
-    assert rollout.control.udp(rollout.vip, rollout.port).outcome is Outcome.REFUSED, "UDP flow must hit the dead pod"
+    assert rollout.control.udp(rollout.vip, rollout.port).outcome is Outcome.REFUSED, (
+        "UDP flow must hit the dead pod"
+    )
 
     done = reap("--cluster-state", str(rollout.cluster_state))
     assert done.returncode == 0, done.stderr

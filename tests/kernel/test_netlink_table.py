@@ -95,7 +95,8 @@ def test_netlink_read_of_each_service_equals_the_whole_table_read(table: IpvsTab
     try:
         for service in table.services:
             expected = sorted(
-                (rs for rs in table.real_servers if rs.key.virtual == service.key), key=lambda rs: rs.key.sort_key()
+                (rs for rs in table.real_servers if rs.key.virtual == service.key),
+                key=lambda rs: rs.key.sort_key(),
             )
             read = kernel.read_service(service.key)
             assert read is not None, f"netlink lost {service.key}"
@@ -114,7 +115,9 @@ def test_delete_each_kind_then_again_then_without_its_service(lab: Lab, table: I
     try:
         current = table
         for victim in [rs for rs in table.real_servers if rs.weight == 0] + [
-            rs for rs in table.real_servers if rs.key.virtual.fwmark or rs.key.virtual.protocol is Protocol.SCTP
+            rs
+            for rs in table.real_servers
+            if rs.key.virtual.fwmark or rs.key.virtual.protocol is Protocol.SCTP
         ]:
             assert kernel.delete_real_server(victim.key) is DeleteOutcome.DELETED, victim.key
             after = kernel.read_table()
@@ -163,7 +166,12 @@ def test_weight_change_between_read_and_delete_is_noticed(lab: Lab, table: IpvsT
     kernel = KernelIpvs()
     try:
         result = apply_plan(
-            plan, kernel, ProcSysctls(), dry_run=False, clock=lambda: datetime.now(UTC), recorder=lambda _: None
+            plan,
+            kernel,
+            ProcSysctls(),
+            dry_run=False,
+            clock=lambda: datetime.now(UTC),
+            recorder=lambda _: None,
         )
         assert [r.outcome for r in result.records] == [Outcome.SKIPPED]
         assert "weight changed to 1" in result.records[0].detail

@@ -1,6 +1,6 @@
-"""The kernel-behaviour matrix: where a reused source port goes once its real server is at weight 0 and its pod
-is dead, for each (conn_reuse_mode, expire_nodest_conn) pair, before and after the real server is deleted; and
-whether the exposure verdict we print agrees with what was observed."""
+"""The kernel-behaviour matrix: where a reused source port goes once its real server is at weight 0 and its
+pod is dead, for each (conn_reuse_mode, expire_nodest_conn) pair, before and after the real server is
+deleted; and whether the exposure verdict we print agrees with what was observed."""
 
 from __future__ import annotations
 
@@ -40,7 +40,12 @@ def where(reply: Reply, dead: str, live: str) -> str:
 
 @pytest.mark.parametrize(("reuse", "nodest"), sorted(EXPECTED))
 def test_reused_port_after_weight_zero(
-    lab: Lab, source_ports: Iterator[int], tmp_path: Path, capsys: pytest.CaptureFixture[str], reuse: int, nodest: int
+    lab: Lab,
+    source_ports: Iterator[int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    reuse: int,
+    nodest: int,
 ) -> None:
     vip = f"10.96.1.{10 + 2 * reuse + nodest}"
     lab.sysctl("conn_reuse_mode", reuse)
@@ -70,7 +75,9 @@ def test_reused_port_after_weight_zero(
     state = write_cluster_state(
         tmp_path / "cluster.json",
         builders.service("shop", "web", [vip], [builders.port(80)]),
-        builders.endpoint_slice("shop", "web-1", "web", [builders.port(80)], [builders.endpoint(pods[live].address)]),
+        builders.endpoint_slice(
+            "shop", "web-1", "web", [builders.port(80)], [builders.endpoint(pods[live].address)]
+        ),
     )
     capsys.readouterr()
     assert main(["scan", "-o", "json", "--cluster-state", str(state), "--node-name", NODE]) == 0

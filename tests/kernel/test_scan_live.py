@@ -44,13 +44,19 @@ CASES: dict[str, tuple[int, dict[str, Any] | None, str, str]] = {
 
 def comparable(entry: dict[str, Any]) -> tuple[Any, ...]:
     # reapAfter is `now + grace`, and the two runs have different nows.
-    return tuple(sorted((k, v) for k, v in entry.items() if k != "reapAfter")) + (entry["reapAfter"] is None,)
+    return (*sorted((k, v) for k, v in entry.items() if k != "reapAfter"), entry["reapAfter"] is None)
 
 
 def test_scan_agrees_with_the_planner(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lab.sysctl("expire_nodest_conn", 1)
-    rules = ["-A -t 10.96.5.1:80 -s rr", "-A -t 10.96.5.2:80 -s rr", "-a -t 10.96.5.2:80 -r 10.244.5.7:80 -m -w 0"]
-    rules += [f"-a -t 10.96.5.1:80 -r {address}:8080 -m -w {weight}" for address, (weight, *_) in CASES.items()]
+    rules = [
+        "-A -t 10.96.5.1:80 -s rr",
+        "-A -t 10.96.5.2:80 -s rr",
+        "-a -t 10.96.5.2:80 -r 10.244.5.7:80 -m -w 0",
+    ]
+    rules += [
+        f"-a -t 10.96.5.1:80 -r {address}:8080 -m -w {weight}" for address, (weight, *_) in CASES.items()
+    ]
     lab.restore(rules)
     state = write_cluster_state(
         tmp_path / "cluster.json",

@@ -1,10 +1,9 @@
 """Build (once) and cache the throwaway VM's kernel and initramfs.
 
-The kernel is Debian's `linux-image-amd64`, fetched with `apt-get download` and unpacked with `dpkg -x`, so the
-tier runs on exactly the kernel a Debian node runs. The initramfs carries only busybox-static, the modules the
-tier needs (with their dependencies, resolved by `modprobe --show-depends` against the full tree and re-indexed
-with `depmod -b`), and `init.sh`.
-"""
+The kernel is Debian's `linux-image-amd64`, fetched with `apt-get download` and unpacked with `dpkg -x`, so
+the tier runs on exactly the kernel a Debian node runs. The initramfs carries only busybox-static, the
+modules the tier needs (with their dependencies, resolved by `modprobe --show-depends` against the full
+tree and re-indexed with `depmod -b`), and `init.sh`."""
 
 from __future__ import annotations
 
@@ -83,7 +82,9 @@ def ensure_image(cache_dir: Path | None = None) -> VmImage:
     package, version = resolve_kernel_package()
     target = cache / f"{package}_{version}_layout{LAYOUT_VERSION}"
     kernel, initramfs, release_file = target / "vmlinuz", target / "initramfs.cpio", target / "release"
-    init_changed = (target / "init.sh").exists() and (target / "init.sh").read_bytes() != INIT_SCRIPT.read_bytes()
+    init_changed = (target / "init.sh").exists() and (
+        target / "init.sh"
+    ).read_bytes() != INIT_SCRIPT.read_bytes()
     if not (kernel.exists() and initramfs.exists() and release_file.exists()) or init_changed:
         _build(target, package)
     return VmImage(kernel, initramfs, package, version, release_file.read_text().strip())

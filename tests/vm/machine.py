@@ -1,9 +1,8 @@
 """Boot the throwaway VM once and run one job in it.
 
-qemu runs in TCG mode: `/dev/kvm` exists on these machines but a KVM guest hangs at boot. The host's `/` is the
-guest's root (read-only, over virtio-9p), so the guest runs the project's own virtualenv and source tree at the
-same paths; a second, writable 9p share carries the job script in and the logs and results out.
-"""
+qemu runs in TCG mode: `/dev/kvm` exists on these machines but a KVM guest hangs at boot. The host's `/` is
+the guest's root (read-only, over virtio-9p), so the guest runs the project's own virtualenv and source
+tree at the same paths; a second, writable 9p share carries the job script in and the logs and results out."""
 
 from __future__ import annotations
 
@@ -97,13 +96,15 @@ def run_in_vm(
     return VmRun(
         exit_code=int(exit_file.read_text().strip()),
         seconds=seconds,
-        console=console.read_text(errors="replace"),
-        job_log=(results / "job.log").read_text(errors="replace") if (results / "job.log").exists() else "",
+        console=_read(console),
+        job_log=_read(results / "job.log"),
         results=results,
     )
 
 
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def _tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return "(no console output)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "\n".join(_read(path).splitlines()[-lines:]) or "(no console output)"
