@@ -1,0 +1,18 @@
+#!/bin/sh
+# The Debian packages the real-kernel tier needs on the host, installed only when missing. The kernel itself
+# is fetched by the tier (apt-get download) and cached, so `apt-get update` also runs when apt cannot see it.
+set -eu
+packages="qemu-system-x86 busybox-static kmod ipvsadm iproute2"
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
+missing=""
+for package in $packages; do
+    dpkg-query -W -f='${Status}\n' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
+done
+if [ -n "$missing" ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+    $sudo apt-get update -q
+fi
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends $missing
+fi
