@@ -10,14 +10,13 @@ server of a gone endpoint in every 100th service), then times, best of --repeat:
   1. `ipvsadm -Ln` (output read through a pipe);
   2. our whole-table read (`KernelIpvs.read_table`);
   3. the whole `ipvs-reaper reap --once --dry-run --cluster-state FILE` command, interpreter start included,
-     and the same sweep in-process (gather, plan, re-read each reapable service over netlink).
+     and the same sweep in-process, phase by phase (load the cluster state, read the table, plan, re-read
+     each reapable service over netlink).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import ipaddress
 import json
 import platform
@@ -26,11 +25,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ipvs_reaper.cli import main as cli_main
+from ipvs_reaper.actor import apply_plan
+from ipvs_reaper.cluster.sources import load_cluster_file
+from ipvs_reaper.config import Config
 from ipvs_reaper.ipvs.kernel import KernelIpvs
+from ipvs_reaper.kernel.facts import read_live_facts
+from ipvs_reaper.kernel.sysctl import ProcSysctls
+from ipvs_reaper.planner import PolicyChoice, SweepInputs, plan_sweep
 
 VIP_BASE = int(ipaddress.IPv4Address("10.96.0.0"))
 POD_BASE = int(ipaddress.IPv4Address("10.128.0.0"))
@@ -134,15 +139,55 @@ def main() -> None:
         document: dict[str, Any] = json.loads(done.stdout)
         return document
 
-    def in_process_sweep() -> None:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            if cli_main(sweep_args) != 0:
-                raise SystemExit("the in-process sweep failed")
+    def in_process_sweep() -> dict[str, float]:
+        """The command's work without the interpreter start, phase by phase."""
+        phases: dict[str, float] = {}
+
+        def timed(name: str, action: Callable[[], Any]) -> Any:
+            started = time.perf_counter()
+            result = action()
+            phases[name] = round(time.perf_counter() - started, 3)
+            return result
+
+        kernel = KernelIpvs()
+        try:
+            cluster = timed("loadClusterState", lambda: load_cluster_file(str(cluster_file)))
+            table = timed("readTable", kernel.read_table)
+            plan = timed(
+                "plan",
+                lambda: plan_sweep(
+                    SweepInputs(
+                        table=table,
+                        cluster=cluster,
+                        node_name=NODE,
+                        config=Config(),
+                        expire_nodest_conn=read_live_facts(ProcSysctls()).expire_nodest_conn,
+                        now=datetime.now(UTC),
+                        first_seen={},
+                        policy=PolicyChoice.DEFAULT,
+                    )
+                ),
+            )
+            timed(
+                "applyDryRun",
+                lambda: apply_plan(
+                    plan,
+                    kernel,
+                    ProcSysctls(),
+                    dry_run=True,
+                    clock=lambda: datetime.now(UTC),
+                    recorder=lambda _: None,
+                ),
+            )
+        finally:
+            kernel.close()
+        phases["total"] = round(sum(phases.values()), 3)
+        return phases
 
     ipvsadm_seconds, listed_bytes = best_of(args.repeat, ipvsadm_list)
     read_seconds, real_servers = best_of(args.repeat, our_read)
     command_seconds, document = best_of(args.repeat, command_sweep)
-    in_process_seconds, _ = best_of(args.repeat, in_process_sweep)
+    in_process_seconds, phases = best_of(args.repeat, in_process_sweep)
     would = [r for r in document["results"] if r["outcome"] == "would-delete"]
     assert real_servers == args.services * args.reals, real_servers
     assert len(would) == min(reapable, 200), (len(would), reapable)
@@ -162,6 +207,7 @@ def main() -> None:
         "readRatio": round(read_seconds / ipvsadm_seconds, 2),
         "commandRatio": round(command_seconds / ipvsadm_seconds, 2),
         "inProcessRatio": round(in_process_seconds / ipvsadm_seconds, 2),
+        "inProcessPhases": phases,
     }
     print(json.dumps(result, indent=2))
 

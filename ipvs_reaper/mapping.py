@@ -83,12 +83,13 @@ class ClusterIndex:
 
         self._endpoints: dict[_EndpointKey, EndpointStatus] = {}
         for endpoint_slice in state.slices:
+            service_ref = endpoint_slice.service_ref
             for slice_port in endpoint_slice.ports:
                 for endpoint in endpoint_slice.endpoints:
                     status = _status_of(endpoint)
                     for address in endpoint.addresses:
                         endpoint_key = (
-                            endpoint_slice.service_ref,
+                            service_ref,
                             slice_port.name,
                             slice_port.protocol,
                             address,

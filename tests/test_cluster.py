@@ -170,6 +170,8 @@ def test_a_view_without_services_or_slices_is_unusable() -> None:
             "endpoints[0].addresses[1]: '10.1.0.999'",
         ),
         (lambda s: s["endpoints"][0]["conditions"].update(ready="yes"), "endpoints[0].conditions.ready"),
+        (lambda s: s["endpoints"].append("10.1.0.2"), "endpoints[1]: expected an object"),
+        (lambda s: s["endpoints"][0].update(conditions=[]), "endpoints[0].conditions: expected dict"),
         (lambda s: s["ports"][0].update(port=70000), "ports[0].port"),
         (lambda s: s["ports"][0].update(protocol="ICMP"), "ports[0].protocol"),
         (lambda s: s.update(addressType="IPv5"), "addressType"),

@@ -121,12 +121,19 @@ def test_read_service_converts_the_dump() -> None:
     found = table.read_service(VIP)
     assert found is not None
     assert [(rs.key.address.compressed, rs.weight) for rs in found] == [("10.244.4.9", 0), ("10.244.3.17", 1)]
-    assert sock.calls == [("service", "get"), ("dest", "dump")]
+    # One request when the service has real servers: the dump alone proves it exists.
+    assert sock.calls == [("dest", "dump")]
 
 
 def test_read_service_of_a_missing_service_is_none() -> None:
-    table = KernelIpvs(connect=lambda: FakeSocket(get_error=errno.ESRCH))
-    assert table.read_service(VIP) is None
+    sock = FakeSocket(get_error=errno.ESRCH)
+    assert KernelIpvs(connect=lambda: sock).read_service(VIP) is None
+    assert sock.calls == [("dest", "dump"), ("service", "get")]
+
+
+def test_read_service_without_real_servers_is_empty_not_gone() -> None:
+    sock = FakeSocket()
+    assert KernelIpvs(connect=lambda: sock).read_service(VIP) == ()
 
 
 @pytest.mark.parametrize("code", [errno.ENOENT, errno.ESRCH])

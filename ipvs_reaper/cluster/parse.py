@@ -43,7 +43,9 @@ def _get(obj: Mapping[str, Any], key: str, path: str, kind: type, default: Any =
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ObjectError(f"{path}.{key}", f"expected {kind.__name__}, got {type(value).__name__}")
+        raise ObjectError(
+            f"{path}.{key}" if path else key, f"expected {kind.__name__}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -142,6 +144,27 @@ def _condition(conditions: Mapping[str, Any], key: str, path: str, default: bool
     return value
 
 
+def _parse_endpoint(endpoint: Any) -> Endpoint:
+    # Error paths here are relative to the endpoint and built only on failure: a large cluster has
+    # hundreds of thousands of endpoints, and formatting a path for each one cost more than parsing it.
+    if not isinstance(endpoint, dict):
+        raise ObjectError("", "expected an object")
+    addresses = []
+    for j, text in enumerate(_get(endpoint, "addresses", "", list, [])):
+        try:
+            addresses.append(_ip(text, ""))
+        except ObjectError as error:
+            raise ObjectError(f"addresses[{j}]", error.message) from None
+    conditions = _get(endpoint, "conditions", "", dict, {})
+    ready = _condition(conditions, "ready", "conditions", True)
+    return Endpoint(
+        addresses=tuple(addresses),
+        ready=ready,
+        serving=_condition(conditions, "serving", "conditions", ready),
+        terminating=_condition(conditions, "terminating", "conditions", False),
+    )
+
+
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
     """None for slices IPVS never uses (FQDN) or that belong to no Service."""
     namespace, name, meta = _metadata(obj)
@@ -170,24 +193,11 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
         )
     endpoints = []
     for i, endpoint in enumerate(_get(obj, "endpoints", "", list, [])):
-        path = f"endpoints[{i}]"
-        if not isinstance(endpoint, dict):
-            raise ObjectError(path, "expected an object")
-        addresses = tuple(
-            _ip(text, f"{path}.addresses[{j}]")
-            for j, text in enumerate(_get(endpoint, "addresses", path, list, []))
-        )
-        conditions = _get(endpoint, "conditions", path, dict, {})
-        cond_path = f"{path}.conditions"
-        ready = _condition(conditions, "ready", cond_path, True)
-        endpoints.append(
-            Endpoint(
-                addresses=addresses,
-                ready=ready,
-                serving=_condition(conditions, "serving", cond_path, ready),
-                terminating=_condition(conditions, "terminating", cond_path, False),
-            )
-        )
+        try:
+            endpoints.append(_parse_endpoint(endpoint))
+        except ObjectError as error:
+            field = f"endpoints[{i}].{error.field}" if error.field else f"endpoints[{i}]"
+            raise ObjectError(field, error.message) from None
     return EndpointSlice(
         namespace=namespace,
         name=name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +124,12 @@ class KernelIpvs:
         spec = service_spec(virtual)
         ipvs = self._socket()
         try:
-            # A destination dump of a missing service answers with an empty list rather than an error,
-            # so ask for the service itself first to tell 'gone' from 'no real servers'.
-            ipvs.service("get", service=spec)
-            answers: Iterable[Any] = ipvs.dest("dump", service=spec)
+            answers: list[Any] = list(ipvs.dest("dump", service=spec))
+            if not answers:
+                # A destination dump of a missing service answers with an empty list rather than an error:
+                # only asking for the service itself tells 'gone' from 'no real servers'. Asked only then,
+                # since each request costs as much as the dump.
+                ipvs.service("get", service=spec)
         except NetlinkError as error:
             if error.code in _GONE_ERRNOS:
                 return None

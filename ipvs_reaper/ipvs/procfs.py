@@ -97,10 +97,12 @@ def parse_proc_ip_vs(text: str, source: str = "/proc/net/ip_vs") -> IpvsTable:
     first_real_seen = False
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split()
-        if not words or words[0] in ("IP", "Prot") or words[:2] == ["->", "RemoteAddress:Port"]:
+        if not words or words[0] in ("IP", "Prot"):
             continue
         try:
             if words[0] == "->":
+                if len(words) > 1 and words[1] == "RemoteAddress:Port":
+                    continue  # the column header
                 if current is None:
                     raise ValueError("a real server before any virtual service")
                 rs = _parse_real_line(words, current.key)

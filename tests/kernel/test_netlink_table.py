@@ -47,6 +47,8 @@ RULES = [
     "-a -f 43 -6 -r [fd00:10:244::9]:0 -m -w 1",
     "-A -t 10.96.2.4:6379 -s sh -p 10800",
     "-a -t 10.96.2.4:6379 -r 10.244.2.6:6379 -m -w 1",
+    # No real servers at all: the netlink read must say "empty", not "gone".
+    "-A -t 10.96.2.7:80 -s rr",
     # Direct routing and tunnelling, which kube-proxy never uses but a node may carry.
     "-A -t 10.96.2.6:80 -s rr",
     "-a -t 10.96.2.6:80 -r 10.244.2.10:80 -g -w 1",
@@ -103,7 +105,7 @@ def test_netlink_read_of_each_service_equals_the_whole_table_read(table: IpvsTab
             assert sorted(read, key=lambda rs: rs.key.sort_key()) == expected, service.key
     finally:
         kernel.close()
-    assert len(table.services) == 10
+    assert len(table.services) == 11
 
 
 def _without(table: IpvsTable, gone: RealServer) -> set[str]:
