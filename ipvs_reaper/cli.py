@@ -126,7 +126,7 @@ def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
     return Gathered(node=node, table=table, cluster=cluster, facts=facts, config=config)
 
 
-def _plan(gathered: Gathered, policy: str) -> Plan:
+def _plan(gathered: Gathered, policy: str, show_all: bool) -> Plan:
     return plan_sweep(
         SweepInputs(
             table=gathered.table,
@@ -137,6 +137,8 @@ def _plan(gathered: Gathered, policy: str) -> Plan:
             now=datetime.now(UTC),
             first_seen={},
             policy=PolicyChoice(policy),
+            # Only --all lists weight > 0 real servers; without it their lookups would be wasted.
+            describe_weighted=show_all,
         )
     )
 
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
     if args.command == "reap" and args.ipvs_table:
         raise InputError("reap acts on the live kernel table; --ipvs-table is for scan")
     gathered = _gather(args, node_access)
-    plan = _plan(gathered, args.policy)
+    plan = _plan(gathered, args.policy, args.all)
     verdict = exposure_verdict(gathered.facts)
     if args.command == "scan":
         if args.output == "json":

@@ -12,7 +12,7 @@ import enum
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ipvs_reaper.cluster.model import ClusterState, Endpoint, Service, ServicePort
+from ipvs_reaper.cluster.model import ClusterState, Endpoint, EndpointSlice, Service, ServicePort
 from ipvs_reaper.values import IPAddress, Protocol, VirtualKey
 
 
@@ -53,8 +53,8 @@ def _wanted_more(status: EndpointStatus) -> tuple[bool, bool, bool]:
     return (status.state is EndpointState.READY, status.serving, status.state is EndpointState.NOT_READY)
 
 
-# (service ref, slice port name, protocol, address, port)
-_EndpointKey = tuple[str, str, Protocol, IPAddress, int]
+# (slice port name, protocol, address, port), within one Service
+_EndpointKey = tuple[str, Protocol, IPAddress, int]
 
 
 class ClusterIndex:
@@ -73,31 +73,44 @@ class ClusterIndex:
                     for address in node_addresses:
                         claims[VirtualKey.inet(port.protocol, address, port.node_port)].append(target)
         for key, targets in claims.items():
-            services = sorted({t.service.ref for t in targets})
-            if len(services) == 1:
+            ports = {(t.service.ref, t.port.name) for t in targets}
+            if len(ports) == 1:
                 self._targets[key] = targets[0]
-            else:
-                # Two Services claiming one address:port is a misconfiguration; we cannot tell whose real
-                # servers these are, so they are left alone.
+                continue
+            # Two Services, or two ports of one Service, claiming one address:port is a misconfiguration
+            # (the API rejects the second); we cannot tell which endpoints these real servers are, so
+            # they are left alone.
+            services = sorted({ref for ref, _ in ports})
+            if len(services) > 1:
                 self.ambiguous[key] = tuple(services)
+            else:
+                self.ambiguous[key] = tuple(
+                    f"{ref} port {name or '(unnamed)'}" for ref, name in sorted(ports)
+                )
 
-        self._endpoints: dict[_EndpointKey, EndpointStatus] = {}
+        # Endpoints are indexed per Service on first use: a sweep looks only at the Services of weight-0
+        # real servers, a small share of a large cluster's 10^5 endpoints.
+        self._slices: dict[str, list[EndpointSlice]] = defaultdict(list)
         for endpoint_slice in state.slices:
-            service_ref = endpoint_slice.service_ref
+            self._slices[endpoint_slice.service_ref].append(endpoint_slice)
+        self._endpoints: dict[str, dict[_EndpointKey, EndpointStatus]] = {}
+
+    def _endpoints_of(self, service_ref: str) -> dict[_EndpointKey, EndpointStatus]:
+        known = self._endpoints.get(service_ref)
+        if known is not None:
+            return known
+        statuses: dict[_EndpointKey, EndpointStatus] = {}
+        for endpoint_slice in self._slices.get(service_ref, ()):
             for slice_port in endpoint_slice.ports:
                 for endpoint in endpoint_slice.endpoints:
                     status = _status_of(endpoint)
                     for address in endpoint.addresses:
-                        endpoint_key = (
-                            service_ref,
-                            slice_port.name,
-                            slice_port.protocol,
-                            address,
-                            slice_port.port,
-                        )
-                        known = self._endpoints.get(endpoint_key)
-                        if known is None or _wanted_more(status) > _wanted_more(known):
-                            self._endpoints[endpoint_key] = status
+                        key = (slice_port.name, slice_port.protocol, address, slice_port.port)
+                        seen = statuses.get(key)
+                        if seen is None or _wanted_more(status) > _wanted_more(seen):
+                            statuses[key] = status
+        self._endpoints[service_ref] = statuses
+        return statuses
 
     def target(self, virtual: VirtualKey) -> Target | None:
         return self._targets.get(virtual)
@@ -105,5 +118,5 @@ class ClusterIndex:
     def endpoint_status(self, target: Target | None, address: IPAddress, port: int) -> EndpointStatus:
         if target is None:
             return _UNMAPPED
-        key = (target.service.ref, target.port.name, target.port.protocol, address, port)
-        return self._endpoints.get(key, _GONE)
+        statuses = self._endpoints_of(target.service.ref)
+        return statuses.get((target.port.name, target.port.protocol, address, port), _GONE)

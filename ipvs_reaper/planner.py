@@ -46,12 +46,17 @@ class PolicyChoice(enum.StrEnum):
 class Decision:
     real_server: RealServer
     service: str | None
-    endpoint: EndpointStatus
+    # None only for a weight > 0 real server of a sweep that did not describe those (describe_weighted).
+    endpoint: EndpointStatus | None
     action: Action
     reason: str
     reap_after: datetime | None = None
     # The decision rests on ActiveConn being 0: the actor re-checks it right before deleting.
     requires_idle: bool = False
+
+    @property
+    def endpoint_state(self) -> str | None:
+        return self.endpoint.state.value if self.endpoint is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,10 @@ class SweepInputs:
     now: datetime
     first_seen: Mapping[RealKey, datetime]
     policy: PolicyChoice = PolicyChoice.DEFAULT
+    # Look up the Service and endpoint of real servers with weight > 0 too. Their decision is always
+    # "keep", so only a listing of every real server (`scan --all`) needs it; a sweep skips the lookups
+    # and so costs in proportion to the weight-0 real servers, not to the table.
+    describe_weighted: bool = True
 
 
 _STATE_RULES = {
@@ -155,11 +164,12 @@ def _weighted(weight: int) -> str:
 def _decide(
     inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime, cache: _AnnotationCache
 ) -> Decision:
+    if rs.weight > 0 and not inputs.describe_weighted:
+        return Decision(rs, None, None, Action.KEEP, _weighted(rs.weight))
     target = index.target(rs.key.virtual)
     status = index.endpoint_status(target, rs.key.address, rs.key.port)
     service = target.service.ref if target is not None else None
     if rs.weight > 0:
-        # Most real servers of a table take this path: no closure, and one reason string per weight.
         return Decision(rs, service, status, Action.KEEP, _weighted(rs.weight))
 
     def keep(reason: str) -> Decision:
@@ -169,7 +179,8 @@ def _decide(
         claimants = index.ambiguous.get(rs.key.virtual)
         if claimants:
             return keep(
-                f"virtual service claimed by several Services ({', '.join(claimants)}): not ours to judge"
+                f"virtual service claimed by several Service ports ({', '.join(claimants)}): "
+                "not ours to judge"
             )
         return keep("virtual service maps to no Service: not kube-proxy's, never touched")
     if not inputs.cluster.usable:

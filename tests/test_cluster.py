@@ -142,6 +142,15 @@ def test_headless_and_ambiguous_services_map_nothing() -> None:
     assert idx.target(vk("TCP", "10.96.0.3", 80)) is not None
 
 
+def test_two_ports_of_one_service_on_one_port_are_ambiguous() -> None:
+    # The API rejects this, but a hand-made export may carry it: which slice port's endpoints the real
+    # servers are cannot be told, so they are not mapped (found by the safety properties).
+    twice = service("a", "x", ["10.96.0.3"], [port(443), port(443, "a")])
+    idx = index(twice, endpoint_slice("a", "x-1", "x", [port(8080, "a")], [endpoint("10.1.0.1")]))
+    assert idx.target(vk("TCP", "10.96.0.3", 443)) is None
+    assert idx.ambiguous[vk("TCP", "10.96.0.3", 443)] == ("a/x port (unnamed)", "a/x port a")
+
+
 def test_fqdn_and_unlabelled_slices_are_ignored() -> None:
     fqdn = endpoint_slice("a", "f", "b", [port(80)], [], family="FQDN")
     orphan = endpoint_slice("a", "o", "b", [port(80)], [endpoint("10.1.0.1")])

@@ -243,6 +243,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         now=NOW,
         first_seen=first_seen,
         policy=draw(st.sampled_from(list(PolicyChoice))),
+        describe_weighted=draw(st.booleans()),
     )
     return Scenario(items, inputs)
 
@@ -320,6 +321,18 @@ def check_plan_invariants(scenario: Scenario, plan: Plan) -> None:
 @given(scenarios())
 def test_planner_never_reaps_a_wanted_real_server(scenario: Scenario) -> None:
     check_plan_invariants(scenario, plan_sweep(scenario.inputs))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_describing_weighted_real_servers_changes_no_decision(scenario: Scenario) -> None:
+    described = plan_sweep(replace(scenario.inputs, describe_weighted=True))
+    bare = plan_sweep(replace(scenario.inputs, describe_weighted=False))
+    assert [(d.real_server, d.action, d.reason) for d in described.decisions] == [
+        (d.real_server, d.action, d.reason) for d in bare.decisions
+    ]
+    assert described.refusal == bare.refusal
+    assert all(d.endpoint is not None for d in described.decisions)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

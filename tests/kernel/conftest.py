@@ -126,8 +126,15 @@ class GuestProxy(pytest.Item):
         return self.path, None, f"[in the VM] {self.name}"
 
 
-if not IN_GUEST:
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # At collection, so that `-m "not kernel"` deselects these before any proxy exists.
+    if in_tier(item):
+        item.add_marker("kernel")
 
+
+if not IN_GUEST:
+    # Last, after -k/-m deselection: the VM runs exactly the tests that are still selected.
+    @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
         session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
@@ -139,7 +146,6 @@ if not IN_GUEST:
             proxy = GuestProxy.from_parent(item.parent, name=item.name)
             proxy.own_markers.extend(item.own_markers)
             proxy.keywords.update(item.keywords)
-            proxy.add_marker("kernel")
             items[index] = proxy
             proxies.append(proxy.nodeid)
         config.stash[GUEST_SESSION] = GuestSession(proxies)
