@@ -165,6 +165,7 @@ def main() -> None:
                         now=datetime.now(UTC),
                         first_seen={},
                         policy=PolicyChoice.DEFAULT,
+                        describe_weighted=False,  # as `reap` without --all
                     )
                 ),
             )
