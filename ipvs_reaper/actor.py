@@ -46,7 +46,7 @@ class ActionRecord:
             "virtual": str(rs.key.virtual),
             "real": format_endpoint(rs.key.address, rs.key.port),
             "service": self.decision.service,
-            "endpointState": self.decision.endpoint_state,
+            "endpointState": self.decision.endpoint.state.value,
             "outcome": self.outcome.value,
             "detail": self.detail,
             "dryRun": self.dry_run,

@@ -46,21 +46,17 @@ class PolicyChoice(enum.StrEnum):
 class Decision:
     real_server: RealServer
     service: str | None
-    # None only for a weight > 0 real server of a sweep that did not describe those (describe_weighted).
-    endpoint: EndpointStatus | None
+    endpoint: EndpointStatus
     action: Action
     reason: str
     reap_after: datetime | None = None
     # The decision rests on ActiveConn being 0: the actor re-checks it right before deleting.
     requires_idle: bool = False
 
-    @property
-    def endpoint_state(self) -> str | None:
-        return self.endpoint.state.value if self.endpoint is not None else None
-
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    # One per real server of the table, in table order; only the weight-0 ones unless describe_weighted.
     decisions: tuple[Decision, ...]
     # When each weight-0 real server was first seen at weight 0: the clock for grace and caps.
     first_seen: Mapping[RealKey, datetime]
@@ -84,9 +80,9 @@ class SweepInputs:
     now: datetime
     first_seen: Mapping[RealKey, datetime]
     policy: PolicyChoice = PolicyChoice.DEFAULT
-    # Look up the Service and endpoint of real servers with weight > 0 too. Their decision is always
-    # "keep", so only a listing of every real server (`scan --all`) needs it; a sweep skips the lookups
-    # and so costs in proportion to the weight-0 real servers, not to the table.
+    # Decide for real servers with weight > 0 too. Their decision is always "keep", so only a listing of
+    # every real server (`scan --all`) needs them; a sweep leaves them out and so costs in proportion to
+    # the weight-0 real servers, not to the table.
     describe_weighted: bool = True
 
 
@@ -164,8 +160,6 @@ def _weighted(weight: int) -> str:
 def _decide(
     inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime, cache: _AnnotationCache
 ) -> Decision:
-    if rs.weight > 0 and not inputs.describe_weighted:
-        return Decision(rs, None, None, Action.KEEP, _weighted(rs.weight))
     target = index.target(rs.key.virtual)
     status = index.endpoint_status(target, rs.key.address, rs.key.port)
     service = target.service.ref if target is not None else None
@@ -266,6 +260,8 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
     cache: _AnnotationCache = {}
     decisions = []
     for rs in inputs.table.real_servers:
+        if rs.weight > 0 and not inputs.describe_weighted:
+            continue
         since = inputs.now
         if rs.weight == 0:
             since = inputs.first_seen.get(rs.key, inputs.now)

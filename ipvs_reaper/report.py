@@ -47,7 +47,7 @@ def decision_json(decision: Decision) -> dict[str, Any]:
         "activeConns": rs.active_conns,
         "inactiveConns": rs.inactive_conns,
         "service": decision.service,
-        "endpointState": decision.endpoint_state,
+        "endpointState": decision.endpoint.state.value,
         "decision": decision.action.value,
         "reason": decision.reason,
         "reapAfter": _rfc3339(decision.reap_after),
@@ -115,7 +115,7 @@ def scan_table(node: str, facts: KernelFacts, verdict: Verdict, plan: Plan, show
                 str(rs.active_conns),
                 str(rs.inactive_conns),
                 d.service or "-",
-                d.endpoint_state or "-",
+                d.endpoint.state.value,
                 d.action.value,
                 reason,
             )
