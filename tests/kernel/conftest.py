@@ -115,7 +115,7 @@ class GuestProxy(pytest.Item):
                 self.add_report_section(phase["when"], title.rsplit(" ", 1)[-1], text)
         failure = guest_failure(phases, session.run)
         if failure is not None:
-            raise GuestFailure(failure)
+            raise GuestFailure(f"{failure}\n(the VM's console.log and job.log: {session.run.results})")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, GuestFailure):
