@@ -11,7 +11,6 @@ generated tables and cluster states. The hard rules, checked before any policy:
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -152,22 +151,18 @@ def _apply_rule(
     return Action.WAIT, f"{label}: ActiveConn {rs.active_conns}, waiting for 0 (no cap)", None, False
 
 
-@functools.lru_cache(maxsize=64)
-def _weighted(weight: int) -> str:
-    return f"weight {weight}: kube-proxy still sends new connections here"
-
-
 def _decide(
     inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime, cache: _AnnotationCache
 ) -> Decision:
     target = index.target(rs.key.virtual)
     status = index.endpoint_status(target, rs.key.address, rs.key.port)
     service = target.service.ref if target is not None else None
-    if rs.weight > 0:
-        return Decision(rs, service, status, Action.KEEP, _weighted(rs.weight))
 
     def keep(reason: str) -> Decision:
         return Decision(rs, service, status, Action.KEEP, reason)
+
+    if rs.weight > 0:
+        return keep(f"weight {rs.weight}: kube-proxy still sends new connections here")
 
     if target is None:
         claimants = index.ambiguous.get(rs.key.virtual)
