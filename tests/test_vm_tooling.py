@@ -96,7 +96,8 @@ def test_the_job_and_its_exit_code_travel_through_the_results_share(
     # Plays the guest: runs the job script the host wrote, the way init.sh does, minus the chroot.
     qemu = fake_qemu(
         tmp_path,
-        f"sed -e 's#/run/ipvs-vm#{results}#g' -e '/^ip link/d' {results}/job.sh > {results}/local.sh\n"
+        f"sed -e 's#/run/ipvs-vm#{results}#g' -e 's#/run/scratch#{results}/scratch#g' -e '/^ip link/d'"
+        f" {results}/job.sh > {results}/local.sh\n"
         f"sh {results}/local.sh > {results}/job.log 2>&1\n"
         f"echo $? > {results}/exit-code\n",
     )

@@ -25,7 +25,8 @@ modprobe dummy numdummies=0 || die "modprobe dummy"
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host || die "mount host root"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results || die "mount results share"
 
-for fs in proc:/proc sysfs:/sys devtmpfs:/dev tmpfs:/run tmpfs:/tmp; do
+# The host's /tmp stays visible (read-only): a checkout may live there. The job gets TMPDIR on /run instead.
+for fs in proc:/proc sysfs:/sys devtmpfs:/dev tmpfs:/run; do
     mount -t "${fs%%:*}" "${fs%%:*}" "/host${fs#*:}" || die "mount ${fs#*:} in the chroot"
 done
 mkdir -p /host/dev/pts /host/dev/shm /host/run/ipvs-vm

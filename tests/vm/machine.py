@@ -32,7 +32,9 @@ def _job_script(command: Sequence[str], cwd: Path, env: Mapping[str, str]) -> st
     exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
     return (
         "set -e\n"
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp\n"
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        # /tmp is the host's, read-only (a checkout may live there): scratch space is on /run's tmpfs.
+        "mkdir -p /run/scratch && export TMPDIR=/run/scratch HOME=/run/scratch\n"
         # The root is read-only: nothing may try to write bytecode or caches beside the sources.
         "export PYTHONDONTWRITEBYTECODE=1 IPVS_REAPER_GUEST=1\n"
         f"{exports}"
