@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tests.kernel.pods import Client, PodServer
@@ -40,14 +41,12 @@ class Lab:
     def __init__(self) -> None:
         self._pods: dict[str, Pod] = {}
         self._servers: list[PodServer] = []
-        self._ipvs_device = False
 
     # --- topology -------------------------------------------------------------------------------------------
 
     def cluster_ips(self, *addresses: str) -> None:
-        if not self._ipvs_device:
+        if not Path("/sys/class/net/kube-ipvs0").exists():
             sh("ip", "link", "add", "kube-ipvs0", "type", "dummy")
-            self._ipvs_device = True
         for address in addresses:
             prefix = "128" if ":" in address else "32"
             sh("ip", "addr", "add", f"{address}/{prefix}", "dev", "kube-ipvs0")
@@ -102,15 +101,23 @@ class Lab:
     # --- teardown -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        for server in self._servers:
-            server.kill()
-        sh("ipvsadm", "-C")
-        for name in self._pods:
-            sh("ip", "netns", "del", name)
-        if self._ipvs_device:
-            sh("ip", "link", "del", "kube-ipvs0")
-        for name, value in DEFAULT_SYSCTLS.items():
-            self.sysctl(name, value)
+        """Back to an empty node, whatever state a failed test left: every step is tried, so one test's
+        failure cannot cascade into the next test's setup."""
+        steps: list[Callable[[], object]] = [server.kill for server in self._servers]
+        steps.append(partial(sh, "ipvsadm", "-C"))
+        for listed in sh("ip", "netns", "list").splitlines():
+            steps.append(partial(sh, "ip", "netns", "del", listed.split()[0]))
+        if Path("/sys/class/net/kube-ipvs0").exists():
+            steps.append(partial(sh, "ip", "link", "del", "kube-ipvs0"))
+        steps.extend(partial(self.sysctl, name, value) for name, value in DEFAULT_SYSCTLS.items())
+        failures = []
+        for step in steps:
+            try:
+                step()
+            except (AssertionError, OSError) as error:
+                failures.append(str(error))
+        if failures:
+            raise AssertionError("teardown left the node dirty: " + "; ".join(failures))
 
 
 def prepare_node() -> None:
