@@ -195,6 +195,31 @@ def test_garbage_slice_is_an_error_naming_the_field(mutate: Any, message: str) -
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: s["spec"].update(clusterIPs=["None", "10.96.0.999"]), "spec.clusterIPs[1]: '10.96.0.999'"),
+        (lambda s: s["spec"].update(externalIPs=[7]), "spec.externalIPs[0]: expected an IP address string"),
+        (lambda s: s["spec"]["ports"].append("80"), "spec.ports[1]: expected an object"),
+        (lambda s: s["spec"]["ports"][0].update(port=0), "spec.ports[0].port: expected a port number"),
+        (lambda s: s["spec"]["ports"][0].update(nodePort=70000), "spec.ports[0].nodePort"),
+        (lambda s: s["spec"]["ports"][0].update(protocol="ICMP"), "spec.ports[0].protocol: unknown protocol"),
+        (lambda s: s["spec"]["ports"][0].update(name=5), "spec.ports[0].name: expected str"),
+        (
+            lambda s: s["status"]["loadBalancer"].update(ingress=[{"ip": "x"}]),
+            "status.loadBalancer.ingress[0].ip: 'x' is not an IP address",
+        ),
+    ],
+)
+def test_garbage_service_is_an_error_naming_the_field(mutate: Any, message: str) -> None:
+    svc = service("a", "b", ["10.96.0.2"], [port(80)])
+    mutate(svc)
+    document = json.dumps({"kind": "List", "items": [svc, endpoint_slice("a", "b-1", "b", [port(8080)], [])]})
+    with pytest.raises(InputError, match=r"cluster.json: items\[0\] \(Service a/b\): ") as caught:
+        parse_cluster_document(document, "cluster.json")
+    assert message in str(caught.value)
+
+
 def test_garbage_documents() -> None:
     with pytest.raises(InputError, match=r"not valid JSON or YAML"):
         parse_cluster_document("{ not json", "c.json")

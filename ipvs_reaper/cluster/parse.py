@@ -73,7 +73,7 @@ def _port(value: Any, path: str) -> int:
 def _protocol(obj: Mapping[str, Any], path: str) -> Protocol:
     name = _get(obj, "protocol", path, str, "TCP")
     if name not in _PROTOCOLS:
-        raise ObjectError(f"{path}.protocol", f"unknown protocol {name!r}")
+        raise ObjectError(f"{path}.protocol" if path else "protocol", f"unknown protocol {name!r}")
     return _PROTOCOLS[name]
 
 
@@ -85,6 +85,32 @@ def _metadata(obj: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
     return _get(meta, "namespace", "metadata", str, ""), name, meta
 
 
+def _ips(texts: list[Any], field: str, skip: tuple[str, ...] = ()) -> tuple[IPAddress, ...]:
+    # The path of a bad address is built only when there is one (see _parse_endpoint).
+    addresses = []
+    for i, text in enumerate(texts):
+        if text in skip:
+            continue
+        try:
+            addresses.append(_ip(text, ""))
+        except ObjectError as error:
+            raise ObjectError(f"{field}[{i}]", error.message) from None
+    return tuple(addresses)
+
+
+def _parse_service_port(port: Any) -> ServicePort:
+    # Paths relative to the port; parse_service prefixes them.
+    if not isinstance(port, dict):
+        raise ObjectError("", "expected an object")
+    node_port = port.get("nodePort")
+    return ServicePort(
+        name=_get(port, "name", "", str, ""),
+        protocol=_protocol(port, ""),
+        port=_port(port.get("port"), "port"),
+        node_port=_port(node_port, "nodePort") if node_port else None,
+    )
+
+
 def parse_service(obj: Mapping[str, Any]) -> Service:
     namespace, name, meta = _metadata(obj)
     spec = _get(obj, "spec", "", dict, {})
@@ -92,37 +118,22 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
     cluster_ip_texts = _get(spec, "clusterIPs", "spec", list, [])
     if not cluster_ip_texts and _get(spec, "clusterIP", "spec", str, ""):
         cluster_ip_texts = [spec["clusterIP"]]
-    cluster_ips = tuple(
-        _ip(text, f"spec.clusterIPs[{i}]")
-        for i, text in enumerate(cluster_ip_texts)
-        if text not in ("None", "")
-    )
-    external_ips = tuple(
-        _ip(text, f"spec.externalIPs[{i}]")
-        for i, text in enumerate(_get(spec, "externalIPs", "spec", list, []))
-    )
+    cluster_ips = _ips(cluster_ip_texts, "spec.clusterIPs", skip=("None", ""))
+    external_ips = _ips(_get(spec, "externalIPs", "spec", list, []), "spec.externalIPs")
     load_balancer = _get(status, "loadBalancer", "status", dict, {})
     lb_ips = []
     for i, ingress in enumerate(_get(load_balancer, "ingress", "status.loadBalancer", list, [])):
-        path = f"status.loadBalancer.ingress[{i}]"
         if not isinstance(ingress, dict):
-            raise ObjectError(path, "expected an object")
+            raise ObjectError(f"status.loadBalancer.ingress[{i}]", "expected an object")
         if ingress.get("ip"):
-            lb_ips.append(_ip(ingress["ip"], f"{path}.ip"))
+            lb_ips.append(_ip(ingress["ip"], f"status.loadBalancer.ingress[{i}].ip"))
     ports = []
     for i, port in enumerate(_get(spec, "ports", "spec", list, [])):
-        path = f"spec.ports[{i}]"
-        if not isinstance(port, dict):
-            raise ObjectError(path, "expected an object")
-        node_port = port.get("nodePort")
-        ports.append(
-            ServicePort(
-                name=_get(port, "name", path, str, ""),
-                protocol=_protocol(port, path),
-                port=_port(port.get("port"), f"{path}.port"),
-                node_port=_port(node_port, f"{path}.nodePort") if node_port else None,
-            )
-        )
+        try:
+            ports.append(_parse_service_port(port))
+        except ObjectError as error:
+            field = f"spec.ports[{i}].{error.field}" if error.field else f"spec.ports[{i}]"
+            raise ObjectError(field, error.message) from None
     annotations = _get(meta, "annotations", "metadata", dict, {})
     return Service(
         namespace=namespace,
@@ -149,16 +160,11 @@ def _parse_endpoint(endpoint: Any) -> Endpoint:
     # hundreds of thousands of endpoints, and formatting a path for each one cost more than parsing it.
     if not isinstance(endpoint, dict):
         raise ObjectError("", "expected an object")
-    addresses = []
-    for j, text in enumerate(_get(endpoint, "addresses", "", list, [])):
-        try:
-            addresses.append(_ip(text, ""))
-        except ObjectError as error:
-            raise ObjectError(f"addresses[{j}]", error.message) from None
+    addresses = _ips(_get(endpoint, "addresses", "", list, []), "addresses")
     conditions = _get(endpoint, "conditions", "", dict, {})
     ready = _condition(conditions, "ready", "conditions", True)
     return Endpoint(
-        addresses=tuple(addresses),
+        addresses=addresses,
         ready=ready,
         serving=_condition(conditions, "serving", "conditions", ready),
         terminating=_condition(conditions, "terminating", "conditions", False),
