@@ -14,13 +14,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
-release=$(uname -r)
-# busybox's modprobe ignores softdeps: libcrc32c (needed by ip_vs) only loads once a crc32c implementation is there.
-for module in virtio_pci 9pnet_virtio 9p crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh veth; do
-    modprobe "$module" || die "modprobe $module"
-done
-# No stray dummy0: the tests create exactly the dummy devices they want.
-modprobe dummy numdummies=0 || die "modprobe dummy"
+# /modules: one module a line, with its parameters, in load order (written by image.py).
+while read -r module parameters; do
+    # shellcheck disable=SC2086 # parameters are words
+    modprobe "$module" $parameters || die "modprobe $module $parameters"
+done </modules
 
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host || die "mount host root"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results || die "mount results share"
@@ -34,7 +32,7 @@ mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
 mount --bind /results /host/run/ipvs-vm || die "bind the results share"
 
-echo "ipvs-vm: kernel $release ready, running the job"
+echo "ipvs-vm: kernel $(uname -r) ready, running the job"
 chroot /host /bin/sh /run/ipvs-vm/job.sh >/results/job.log 2>&1
 echo "$?" >/results/exit-code
 sync
