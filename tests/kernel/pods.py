@@ -74,9 +74,10 @@ def _classify(error: OSError) -> Outcome:
 
 
 class PodServer:
-    """Answers every TCP connection, or UDP datagram, with the pod's name.
+    """Answers every HTTP request (HTTP/1.0 over TCP), or UDP datagram, with the pod's name.
 
-    TCP closes first, as HTTP servers do, so the kernel's entry ends in TIME_WAIT, the state that is reused.
+    The server closes first, as HTTP servers do, so the kernel's entry ends in TIME_WAIT, the state that is
+    reused.
     """
 
     def __init__(self, netns: str, name: str, port: int, kind: int) -> None:
@@ -99,7 +100,19 @@ class PodServer:
             except OSError:
                 return
             with connection:
-                connection.sendall(f"{self.name}\n".encode())
+                self._answer_http(connection)
+
+    def _answer_http(self, connection: socket.socket) -> None:
+        connection.settimeout(5)
+        request = b""
+        try:
+            while b"\r\n\r\n" not in request and (chunk := connection.recv(1024)):
+                request += chunk
+            body = f"{self.name}\n".encode()
+            head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            connection.sendall(head.encode() + body)
+        except OSError:
+            return  # the client went away; the next connection is what matters
 
     def _serve_udp(self) -> None:
         while not self._stopped.is_set():
@@ -143,12 +156,15 @@ class Client:
         with self._socket(socket.SOCK_STREAM) as connection:
             try:
                 connection.connect((address, port))
+                connection.sendall(f"GET / HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
                 received = b""
                 while chunk := connection.recv(256):
                     received += chunk
             except OSError as error:
                 return Reply(None, _classify(error))
-        return Reply(received.decode().strip(), None)
+        status, _, body = received.decode().partition("\r\n\r\n")
+        assert status.startswith("HTTP/1.0 200"), f"not an HTTP answer: {received!r}"
+        return Reply(body.strip(), None)
 
     def connect_and_hold(self, address: str, port: int) -> socket.socket:
         """An established connection left open, which IPVS counts as active; the caller closes it."""
