@@ -174,6 +174,10 @@ def _decide(
         return keep("virtual service maps to no Service: not kube-proxy's, never touched")
     if not inputs.cluster.usable:
         return keep(f"cluster state unusable: {'; '.join(inputs.cluster.problems)}")
+    broken = inputs.cluster.broken
+    unreadable = broken.get(target.service.ref) or broken.get(f"{target.service.namespace}/*")
+    if unreadable:
+        return keep(f"part of {service}'s cluster view is unreadable: {unreadable}")
     if status.state is EndpointState.READY:
         return keep("endpoint is ready: an admin drain or kube-proxy lag, never reaped")
     if status.serving:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ipvs_reaper.values import IPAddress, Protocol
 
@@ -74,6 +75,9 @@ class ClusterState:
     nodes: tuple[Node, ...]
     # Why this view must not be acted on (a kind missing, a listing that failed). Empty: usable.
     problems: tuple[str, ...] = ()
+    # Parts of the view that could not be read, by what they make untouchable: a Service ref, or
+    # "namespace/*" when not even the Service could be told.
+    broken: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
