@@ -234,16 +234,20 @@ def parse_config(document: Any, source: str = "config") -> Config:
     )
 
 
+def parse_config_text(text: str | bytes, source: str) -> Config:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {str(error).splitlines()[0]}") from None
+    return parse_config(document, source)
+
+
 def load_config(path: Path) -> Config:
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-    return parse_config(document, str(path))
+    return parse_config_text(text, str(path))
 
 
 def parse_annotation(text: str) -> PolicyOverride:

@@ -14,9 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from ipvs_reaper.config import Config, ConfigError, parse_config
+from ipvs_reaper.config import Config, ConfigError, parse_config_text
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +48,7 @@ class ReloadingConfig:
         if digest == self._seen:
             return self._state
         try:
-            config = parse_config(yaml.safe_load(content), str(self._path))
-        except yaml.YAMLError as error:
-            return self._reject(f"{self._path}: not valid YAML: {str(error).splitlines()[0]}", digest)
+            config = parse_config_text(content, str(self._path))
         except ConfigError as error:
             return self._reject(str(error), digest)
         self._seen = digest
