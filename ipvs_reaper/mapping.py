@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ipvs_reaper.cluster.model import ClusterState, Endpoint, EndpointSlice, Service, ServicePort
@@ -57,6 +58,19 @@ def _wanted_more(status: EndpointStatus) -> tuple[bool, bool, bool]:
 _EndpointKey = tuple[str, Protocol, IPAddress, int]
 
 
+def service_virtual_keys(
+    service: Service, node_addresses: Iterable[IPAddress]
+) -> Iterator[tuple[VirtualKey, ServicePort]]:
+    """Every virtual service kube-proxy builds for `service` on a node with these addresses."""
+    node_addresses = tuple(node_addresses)
+    for port in service.ports:
+        for address in (*service.cluster_ips, *service.external_ips, *service.load_balancer_ips):
+            yield VirtualKey.inet(port.protocol, address, port.port), port
+        if port.node_port is not None:
+            for address in node_addresses:
+                yield VirtualKey.inet(port.protocol, address, port.node_port), port
+
+
 class ClusterIndex:
     def __init__(self, state: ClusterState, node_name: str) -> None:
         self._targets: dict[VirtualKey, Target] = {}
@@ -65,13 +79,8 @@ class ClusterIndex:
         node = state.node(node_name)
         node_addresses = node.addresses if node is not None else ()
         for service in state.services:
-            for port in service.ports:
-                target = Target(service, port)
-                for address in (*service.cluster_ips, *service.external_ips, *service.load_balancer_ips):
-                    claims[VirtualKey.inet(port.protocol, address, port.port)].append(target)
-                if port.node_port is not None:
-                    for address in node_addresses:
-                        claims[VirtualKey.inet(port.protocol, address, port.node_port)].append(target)
+            for key, port in service_virtual_keys(service, node_addresses):
+                claims[key].append(Target(service, port))
         for key, targets in claims.items():
             ports = {(t.service.ref, t.port.name) for t in targets}
             if len(ports) == 1:

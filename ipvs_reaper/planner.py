@@ -83,6 +83,12 @@ class SweepInputs:
     # every real server (`scan --all`) needs them; a sweep leaves them out and so costs in proportion to
     # the weight-0 real servers, not to the table.
     describe_weighted: bool = True
+    # The node's real-server count when the table is only part of it (an event's reconcile reads the
+    # virtual services it touches): the breaker's share is of the node. None: the table is the node's.
+    node_real_servers: int | None = None
+    # Deletions earlier reconciles made within the breaker's window: many small reconciles must not add up
+    # to what one sweep would be refused.
+    recent_deletions: int = 0
 
 
 _STATE_RULES = {
@@ -229,10 +235,14 @@ def _gate_on_sysctl(
 def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list[Decision], str | None]:
     breaker = inputs.config.breaker
     reaps = [d for d in decisions if d.action is Action.REAP]
-    total = len(inputs.table.real_servers)
-    if len(reaps) >= max(breaker.min_deletions, 1) and len(reaps) > breaker.max_share * total:
+    total = (
+        inputs.node_real_servers if inputs.node_real_servers is not None else len(inputs.table.real_servers)
+    )
+    count = len(reaps) + inputs.recent_deletions
+    if reaps and count >= max(breaker.min_deletions, 1) and count > breaker.max_share * total:
+        recent = f" ({inputs.recent_deletions} of them just now)" if inputs.recent_deletions else ""
         refusal = (
-            f"circuit breaker: this sweep would delete {len(reaps)} of the node's {total} real servers, "
+            f"circuit breaker: this sweep would delete {count}{recent} of the node's {total} real servers, "
             f"more than breaker.maxShare={breaker.max_share:g}"
         )
         return [

@@ -7,6 +7,13 @@ sends what still exists). The view is usable only once every kind has been liste
 has been heard from (an event, a bookmark or a listing) within `max_silence` seconds: a stale view reaps
 nothing.
 
+A listing races the watch: an object the watch delivered while the listing was running keeps the watch's
+version (the watch stream is ordered, so it is never behind for long; the listing may be).
+
+An event reports which virtual services it can change, so the agent reconciles only those: the cache keeps
+which Services claim each virtual service and which slices belong to each Service, and `view_for` gives
+exactly the part of the view that decides those virtual services.
+
 An object that does not parse is kept as an error, never dropped silently. A broken EndpointSlice makes its
 Service's real servers untouchable (its namespace's, when not even its Service can be read); a broken
 Service makes the whole view unusable, since it could claim any address.
@@ -14,6 +21,7 @@ Service makes the whole view unusable, since it could claim any address.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +34,8 @@ from ipvs_reaper.cluster.parse import (
     parse_node,
     parse_service,
 )
+from ipvs_reaper.mapping import service_virtual_keys
+from ipvs_reaper.values import VirtualKey
 
 SERVICE, ENDPOINT_SLICE, NODE = "Service", "EndpointSlice", "Node"
 KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
@@ -47,6 +57,25 @@ class BrokenObject:
     message: str
     # What it makes untouchable: a Service ref, "namespace/*", or None for the whole view.
     scope: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Affected:
+    """The virtual services an event can change the decision for."""
+
+    keys: frozenset[VirtualKey] = frozenset()
+    # Our Node changed (NodePort virtual services move) or the view became (un)usable: sweep everything.
+    everything: bool = False
+
+
+NOTHING = Affected()
+EVERYTHING = Affected(everything=True)
+
+
+def _resource_version(body: Mapping[str, Any]) -> str | None:
+    meta = body.get("metadata")
+    version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) and version else None
 
 
 def _key(kind: str, body: Any) -> ObjectKey | None:
@@ -84,31 +113,75 @@ class ClusterCache:
         self._nameless: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._listed: set[str] = set()
         self._heard: dict[str, float] = {}
+        self._versions: dict[ObjectKey, str] = {}
+        # Which event last touched each key (stored or removed), to let a slower listing not undo it.
+        self._touched: dict[ObjectKey, int] = {}
+        self._generation = 0
+        # Which Services claim each virtual service, the virtual services of each Service, and the slices
+        # of each Service (by "namespace/name").
+        self._claims: dict[VirtualKey, set[ObjectKey]] = defaultdict(set)
+        self._service_keys: dict[ObjectKey, tuple[VirtualKey, ...]] = {}
+        self._slices_of: dict[str, set[ObjectKey]] = defaultdict(set)
 
     # --- feeding -------------------------------------------------------------------------------------------
 
-    def replace(self, kind: str, bodies: Iterable[Mapping[str, Any]]) -> None:
-        """A complete listing of one kind: whatever it does not contain is gone."""
+    def begin_listing(self) -> int:
+        """Call before a listing starts; hand the result to `replace`."""
+        return self._generation
+
+    def replace(self, kind: str, bodies: Iterable[Mapping[str, Any]], since: int | None = None) -> None:
+        """A complete listing of one kind: whatever it does not contain is gone.
+
+        With `since` (from `begin_listing`), objects the watch touched after the listing began keep the
+        watch's state.
+        """
+        kept = {
+            key: self._current(key)
+            for key, generation in self._touched.items()
+            if key.kind == kind and since is not None and generation > since
+        }
         self._forget_kind(kind)
         for body in bodies:
-            self._store(kind, body)
+            key = _key(kind, body)
+            if key is not None and key in kept:
+                continue
+            self._store(kind, body, key)
+        for key, state in kept.items():
+            if state is not None:
+                self._restore(key, state)
+        self._touched = {key: gen for key, gen in self._touched.items() if key.kind != kind or key in kept}
         self._listed.add(kind)
         self.heard_from(kind)
 
-    def upsert(self, kind: str, body: Mapping[str, Any]) -> None:
-        key = _key(kind, body)
-        if key is not None:
-            self._forget(key)
-        self._store(kind, body)
+    def upsert(self, kind: str, body: Mapping[str, Any]) -> Affected:
         self.heard_from(kind)
-
-    def remove(self, kind: str, body: Mapping[str, Any]) -> None:
         key = _key(kind, body)
         if key is None:
             self._nameless[kind] += 1
-        else:
-            self._forget(key)
+            return EVERYTHING
+        if kind == NODE and key.name != self._node_name:
+            return NOTHING
+        version = _resource_version(body)
+        if version is not None and self._versions.get(key) == version:
+            return NOTHING  # the same object again (a watch restarted and re-sent what exists)
+        before, standing = self._affected_by(key), self._standing()
+        self._forget(key)
+        self._store(kind, body, key)
+        self._touch(key)
+        if self._standing() != standing:
+            return EVERYTHING
+        return self._union(before, self._affected_by(key))
+
+    def remove(self, kind: str, body: Mapping[str, Any]) -> Affected:
         self.heard_from(kind)
+        key = _key(kind, body)
+        if key is None:
+            self._nameless[kind] += 1
+            return EVERYTHING
+        before, standing = self._affected_by(key), self._standing()
+        self._forget(key)
+        self._touch(key)
+        return EVERYTHING if self._standing() != standing else before
 
     def heard_from(self, kind: str) -> None:
         """An event, a bookmark or a listing of `kind`: the watch is alive."""
@@ -129,6 +202,33 @@ class ClusterCache:
         return tuple(self._broken.values())
 
     def snapshot(self) -> ClusterState:
+        return ClusterState(
+            services=tuple(self._services.values()),
+            slices=tuple(self._slices.values()),
+            nodes=(self._node,) if self._node is not None else (),
+            problems=self._problems(),
+            broken=self._broken_scopes(),
+        )
+
+    def view_for(self, keys: Iterable[VirtualKey]) -> ClusterState:
+        """The part of the view that decides these virtual services: every Service claiming one of them,
+        those Services' slices, this node, and the whole view's problems. The planner decides the same for
+        their real servers as with the whole view (property-tested)."""
+        services = {key for virtual in keys for key in self._claims.get(virtual, ())}
+        slices = {
+            key
+            for service in services
+            for key in self._slices_of.get(f"{service.namespace}/{service.name}", ())
+        }
+        return ClusterState(
+            services=tuple(self._services[key] for key in services if key in self._services),
+            slices=tuple(self._slices[key] for key in slices if key in self._slices),
+            nodes=(self._node,) if self._node is not None else (),
+            problems=self._problems(),
+            broken=self._broken_scopes(),
+        )
+
+    def _problems(self) -> tuple[str, ...]:
         problems = [f"not listed yet: {kind}" for kind in KINDS if kind not in self._listed]
         if self.ready:
             problems += [
@@ -150,16 +250,10 @@ class ClusterCache:
             for kind, count in self._nameless.items()
             if count
         ]
-        broken = {
-            b.scope: f"{b.key} cannot be read ({b.message})" for b in self.broken if b.scope is not None
-        }
-        return ClusterState(
-            services=tuple(self._services.values()),
-            slices=tuple(self._slices.values()),
-            nodes=(self._node,) if self._node is not None else (),
-            problems=tuple(problems),
-            broken=broken,
-        )
+        return tuple(problems)
+
+    def _broken_scopes(self) -> dict[str, str]:
+        return {b.scope: f"{b.key} cannot be read ({b.message})" for b in self.broken if b.scope is not None}
 
     # --- internals -----------------------------------------------------------------------------------------
 
@@ -167,25 +261,92 @@ class ClusterCache:
         held = self._services if kind == SERVICE else self._slices
         return bool(held) or any(b.key.kind == kind for b in self.broken)
 
+    def _standing(self) -> tuple[bool, frozenset[str | None]]:
+        """What every decision rests on: the view's usability and which scopes are unreadable."""
+        return not self._problems(), frozenset(b.scope for b in self._broken.values())
+
+    def _touch(self, key: ObjectKey) -> None:
+        self._generation += 1
+        self._touched[key] = self._generation
+
+    def _union(self, first: Affected, second: Affected) -> Affected:
+        if first.everything or second.everything:
+            return EVERYTHING
+        return Affected(first.keys | second.keys)
+
+    def _affected_by(self, key: ObjectKey) -> Affected:
+        if key.kind == NODE:
+            return EVERYTHING if key.name == self._node_name else NOTHING
+        if key in self._broken and self._broken[key].scope is None:
+            return EVERYTHING  # its going or coming makes the whole view (un)usable
+        if key.kind == SERVICE:
+            return Affected(frozenset(self._service_keys.get(key, ())))
+        held = self._slices.get(key)
+        if held is None:
+            return NOTHING
+        return Affected(self._keys_of_service(held.service_ref))
+
+    def _keys_of_service(self, ref: str) -> frozenset[VirtualKey]:
+        namespace, _, name = ref.partition("/")
+        return frozenset(self._service_keys.get(ObjectKey(SERVICE, namespace, name), ()))
+
+    def _current(self, key: ObjectKey) -> tuple[object, str | None] | None:
+        """What the cache holds for `key` (to put back after a listing), None when nothing."""
+        for held in (self._services.get(key), self._slices.get(key), self._broken.get(key)):
+            if held is not None:
+                return held, self._versions.get(key)
+        if key.kind == NODE and key.name == self._node_name and self._node is not None:
+            return self._node, self._versions.get(key)
+        return None
+
+    def _restore(self, key: ObjectKey, state: tuple[object, str | None]) -> None:
+        held, version = state
+        if isinstance(held, BrokenObject):
+            self._broken[key] = held
+        elif isinstance(held, Service):
+            self._put_service(key, held)
+        elif isinstance(held, EndpointSlice):
+            self._put_slice(key, held)
+        elif isinstance(held, Node):
+            self._set_node(held)
+        if version is not None:
+            self._versions[key] = version
+
     def _forget_kind(self, kind: str) -> None:
+        for key in [key for key in self._versions if key.kind == kind]:
+            del self._versions[key]
         if kind == SERVICE:
             self._services.clear()
+            self._claims.clear()
+            self._service_keys.clear()
         elif kind == ENDPOINT_SLICE:
             self._slices.clear()
+            self._slices_of.clear()
         else:
-            self._node = None
+            self._set_node(None)
         self._broken = {key: b for key, b in self._broken.items() if key.kind != kind}
         self._nameless[kind] = 0
 
     def _forget(self, key: ObjectKey) -> None:
-        self._services.pop(key, None)
-        self._slices.pop(key, None)
+        self._versions.pop(key, None)
         self._broken.pop(key, None)
+        if key in self._services:
+            del self._services[key]
+            for virtual in self._service_keys.pop(key, ()):
+                claimants = self._claims[virtual]
+                claimants.discard(key)
+                if not claimants:
+                    del self._claims[virtual]
+        held = self._slices.pop(key, None)
+        if held is not None:
+            siblings = self._slices_of[held.service_ref]
+            siblings.discard(key)
+            if not siblings:
+                del self._slices_of[held.service_ref]
         if key.kind == NODE and key.name == self._node_name:
-            self._node = None
+            self._set_node(None)
 
-    def _store(self, kind: str, body: Mapping[str, Any]) -> None:
-        key = _key(kind, body)
+    def _store(self, kind: str, body: Mapping[str, Any], key: ObjectKey | None) -> None:
         if key is None:
             self._nameless[kind] += 1
             return
@@ -193,12 +354,38 @@ class ClusterCache:
             return  # only this node's addresses carry NodePort virtual services here
         try:
             if kind == SERVICE:
-                self._services[key] = parse_service(body)
+                self._put_service(key, parse_service(body))
             elif kind == ENDPOINT_SLICE:
                 parsed = parse_endpoint_slice(body)
                 if parsed is not None:
-                    self._slices[key] = parsed
+                    self._put_slice(key, parsed)
             else:
-                self._node = parse_node(body)
+                self._set_node(parse_node(body))
         except ObjectError as error:
             self._broken[key] = BrokenObject(key, str(error), _scope_of_broken(key, body))
+        version = _resource_version(body)
+        if version is not None:
+            self._versions[key] = version
+
+    def _node_addresses(self) -> tuple[Any, ...]:
+        return self._node.addresses if self._node is not None else ()
+
+    def _put_service(self, key: ObjectKey, service: Service) -> None:
+        self._services[key] = service
+        keys = tuple({virtual for virtual, _ in service_virtual_keys(service, self._node_addresses())})
+        self._service_keys[key] = keys
+        for virtual in keys:
+            self._claims[virtual].add(key)
+
+    def _put_slice(self, key: ObjectKey, endpoint_slice: EndpointSlice) -> None:
+        self._slices[key] = endpoint_slice
+        self._slices_of[endpoint_slice.service_ref].add(key)
+
+    def _set_node(self, node: Node | None) -> None:
+        moved = (node.addresses if node is not None else ()) != self._node_addresses()
+        self._node = node
+        if moved:  # NodePort virtual services live on the node's addresses: claim them anew
+            self._claims.clear()
+            self._service_keys.clear()
+            for key, service in self._services.items():
+                self._put_service(key, service)
