@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ipvs_reaper.actor import apply_plan
+from ipvs_reaper.agent.options import add_run_arguments, options_from_args
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.sources import load_cluster_api, load_cluster_file
 from ipvs_reaper.config import Config, ConfigError, load_config
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inputs(reap)
     reap.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
     reap.add_argument("--dry-run", action="store_true", help="decide and re-check everything, delete nothing")
+    run = commands.add_parser("run", help="the node agent: watch the cluster, reap continuously (DaemonSet)")
+    add_run_arguments(run)
     return parser
 
 
@@ -143,7 +147,18 @@ def _plan(gathered: Gathered, policy: str, show_all: bool) -> Plan:
     )
 
 
+def run_agent_command(args: argparse.Namespace, node_access: NodeAccess) -> int:
+    # kopf and aiohttp load only for the agent: `scan` stays quick to start.
+    from ipvs_reaper.agent.main import run_agent
+
+    options = options_from_args(args)
+    asyncio.run(run_agent(options, node_access.backend, node_access.sysctls))
+    return 0
+
+
 def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
+    if args.command == "run":
+        return run_agent_command(args, node_access)
     if args.command == "reap" and args.ipvs_table:
         raise InputError("reap acts on the live kernel table; --ipvs-table is for scan")
     gathered = _gather(args, node_access)

@@ -1,0 +1,294 @@
+"""The agent's moving parts on one event loop: feeding the cluster cache (kopf's watch events, our own
+re-lists and heartbeats), and the work loop that reconciles what events touched, follows up on what kube-proxy
+has yet to weight to 0, and sweeps the whole table on a jittered interval.
+
+Reconciles run in a thread one at a time, on a snapshot of the view taken on the loop: the cache is only ever
+touched from the loop. Nothing here writes to the objects it watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ipvs_reaper.actor import ActionRecord, log_recorder
+from ipvs_reaper.agent.first_seen import FirstSeen
+from ipvs_reaper.agent.k8s_events import EventReporter
+from ipvs_reaper.agent.metrics import AgentMetrics
+from ipvs_reaper.agent.options import AgentOptions
+from ipvs_reaper.agent.reconciler import Reconciler, ReconcileResult
+from ipvs_reaper.cluster.api import ApiFailure, ClusterApi
+from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache
+from ipvs_reaper.config import Config
+from ipvs_reaper.config_reload import ReloadingConfig
+from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
+from ipvs_reaper.kernel.sysctl import Sysctls
+from ipvs_reaper.values import VirtualKey
+
+log = logging.getLogger(__name__)
+
+_CONFIG_POLL = 2.0  # seconds between looks at the mounted config file
+_RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff for failed listings and heartbeats
+
+
+@dataclass(frozen=True, slots=True)
+class Clocks:
+    """The agent's two clocks: monotonic seconds for scheduling and staleness, wall time for grace."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+class Agent:
+    def __init__(
+        self,
+        options: AgentOptions,
+        *,
+        api: ClusterApi,
+        backend: IpvsBackend,
+        sysctls: Sysctls,
+        metrics: AgentMetrics,
+        clocks: Clocks | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options
+        self.metrics = metrics
+        self._api = api
+        self._clocks = clocks = clocks or Clocks()
+        self._rng = rng or random.Random()
+        self.cache = ClusterCache(options.node_name, clocks.monotonic, options.max_silence)
+        self.config = ReloadingConfig(options.config_path)
+        self.reconciler = Reconciler(
+            node_name=options.node_name,
+            backend=backend,
+            sysctls=sysctls,
+            first_seen=FirstSeen(options.first_seen_file),
+            dry_run=options.dry_run,
+            clock=clocks.now,
+            recorder=self._record,
+            breaker_window=options.sweep_interval,
+            monotonic=clocks.monotonic,
+        )
+        self._events = (
+            EventReporter(options.node_name, options.event_interval, clocks.monotonic)
+            if options.post_events
+            else None
+        )
+        self._wake = asyncio.Event()
+        self._sweep_requested = True  # the first sweep runs as soon as the view is usable
+        self._pending: set[VirtualKey] = set()
+        # Virtual services to read again at a given moment, and how many follow-ups each has had.
+        self._follow_up_at: dict[VirtualKey, float] = {}
+        self._follow_up_step: dict[VirtualKey, int] = {}
+        self._config_checked = float("-inf")
+        self._last_refusal: str | None = None
+        self.last_loop = clocks.monotonic()
+        self.records: list[ActionRecord] = []  # the latest reconcile's, for tests and logs
+
+    # --- feeding, from kopf's watch events -----------------------------------------------------------------
+
+    def on_event(self, kind: str, event_type: str | None, body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        affected = self.cache.remove(kind, body) if event_type == "DELETED" else self.cache.upsert(kind, body)
+        self._note(affected)
+
+    def request_sweep(self) -> None:
+        self._sweep_requested = True
+        self._wake.set()
+
+    def _note(self, affected: Affected) -> None:
+        if affected.everything:
+            self.request_sweep()
+        elif affected.keys:
+            self._pending |= affected.keys
+            for key in affected.keys:  # kube-proxy reacts to this event too: follow up from the start
+                self._follow_up_step.pop(key, None)
+            self._wake.set()
+
+    # --- readiness -----------------------------------------------------------------------------------------
+
+    def not_ready_because(self) -> list[str]:
+        reasons = list(self.cache.snapshot().problems)
+        state = self.config.state
+        if state.config is None:
+            reasons.append(f"no good config yet: {state.error}")
+        self.metrics.ready.set(0 if reasons else 1)
+        self.metrics.view_unusable.set(1 if self.cache.snapshot().problems else 0)
+        return reasons
+
+    def alive(self) -> bool:
+        """The work loop has come round recently (it wakes at least once per sweep interval)."""
+        return self._clocks.monotonic() - self.last_loop < 3 * self.options.sweep_interval + 30
+
+    # --- listing and heartbeats ----------------------------------------------------------------------------
+
+    async def list_everything(self) -> bool:
+        listings: tuple[tuple[str, Callable[[], list[dict[str, Any]]]], ...] = (
+            (SERVICE, self._api.list_services),
+            (ENDPOINT_SLICE, self._api.list_endpoint_slices),
+            (NODE, self._list_node),
+        )
+        for kind, call in listings:
+            since = self.cache.begin_listing()
+            try:
+                bodies = await asyncio.to_thread(call)
+            except ApiFailure as error:
+                log.error("re-list failed, keeping the current view until it ages out: %s", error)
+                self.metrics.errors.labels("list").inc()
+                return False
+            self.cache.replace(kind, bodies, since)
+        self.request_sweep()
+        return True
+
+    def _list_node(self) -> list[dict[str, Any]]:
+        node = self._api.read_node(self.options.node_name)
+        return [node] if node is not None else []
+
+    async def relist_forever(self) -> None:
+        failures = 0
+        while True:
+            if await self.list_everything():
+                failures = 0
+                interval = self.options.relist_interval
+                await asyncio.sleep(interval * (1 + self.options.sweep_jitter * self._rng.uniform(-1, 1)))
+            else:
+                await asyncio.sleep(_RETRY[min(failures, len(_RETRY) - 1)])
+                failures += 1
+
+    async def heartbeat_forever(self) -> None:
+        """Prove the API still answers between events: an event-less watch looks the same as a dead one."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.options.heartbeat_interval)
+            try:
+                node = await asyncio.to_thread(self._api.read_node, self.options.node_name)
+            except ApiFailure as error:
+                if not failing:
+                    log.error(
+                        "the API does not answer; reaping pauses once it has been silent too long: %s", error
+                    )
+                failing = True
+                self.metrics.errors.labels("heartbeat").inc()
+                continue
+            if failing:
+                log.info("the API answers again")
+            failing = False
+            if node is not None:
+                self._note(self.cache.upsert(NODE, node))
+            for kind in (SERVICE, ENDPOINT_SLICE, NODE):
+                self.cache.heard_from(kind)
+
+    # --- the work loop -------------------------------------------------------------------------------------
+
+    async def work_forever(self) -> None:
+        next_sweep = self._clocks.monotonic()
+        while True:
+            now = self._clocks.monotonic()
+            deadline = min([next_sweep, now + _CONFIG_POLL, *self._follow_up_at.values()])
+            if not (self._pending or self._sweep_requested):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, deadline - now))
+            self._wake.clear()
+            now = self.last_loop = self._clocks.monotonic()
+            config = self._refresh_config(now)
+            if self._sweep_requested or now >= next_sweep:
+                self._sweep_requested = False
+                self._pending.clear()
+                if await self._run("sweep", None, config):
+                    jitter = self.options.sweep_jitter * self._rng.uniform(-1, 1)
+                    next_sweep = now + self.options.sweep_interval * (1 + jitter)
+            else:
+                due = {key for key, at in self._follow_up_at.items() if at <= now}
+                keys, self._pending = self._pending | due, set()
+                # Before the first complete listing the sweep that follows it covers everything.
+                if keys and self.cache.ready:
+                    await self._run("event" if not due else "follow-up", keys, config)
+            await self._post_events()
+
+    def _refresh_config(self, now: float) -> Config | None:
+        if now - self._config_checked >= _CONFIG_POLL:
+            self._config_checked = now
+            state = self.config.refresh()
+            self.metrics.config_error.set(1 if state.error else 0)
+            self.metrics.config_missing.set(1 if state.config is None else 0)
+        return self.config.state.config
+
+    async def _run(self, trigger: str, keys: Iterable[VirtualKey] | None, config: Config | None) -> bool:
+        """One reconcile; False when it could not run (no config, no table)."""
+        if config is None:
+            return False  # no good config has been read: defaults could reap more than the operator meant
+        started = self._clocks.monotonic()
+        wanted = frozenset(keys) if keys is not None else None
+        view = self.cache.snapshot() if wanted is None else self.cache.view_for(wanted)
+        self.metrics.view_unusable.set(0 if view.usable else 1)
+        try:
+            if wanted is None:
+                result = await asyncio.to_thread(self.reconciler.sweep, view, config)
+            else:
+                result = await asyncio.to_thread(self.reconciler.reconcile, wanted, view, config)
+        except IpvsError as error:
+            log.error("%s: reading the IPVS table failed, retrying at the next sweep: %s", trigger, error)
+            self.metrics.errors.labels("ipvs").inc()
+            return False
+        self.metrics.reconciles.labels(trigger).inc()
+        self.metrics.reconcile_seconds.labels(trigger).observe(self._clocks.monotonic() - started)
+        self._after(result, wanted)
+        return True
+
+    def _after(self, result: ReconcileResult, read: frozenset[VirtualKey] | None) -> None:
+        refusal = result.plan.refusal
+        if refusal is not None:
+            self.metrics.refusals.inc()
+            if refusal != self._last_refusal:
+                log.warning("reaping nothing: %s", refusal)
+        elif self._last_refusal is not None:
+            log.info("reaping resumed")
+        self._last_refusal = refusal
+        now = self._clocks.monotonic()
+        # Follow-ups: read again, at growing delays, what kube-proxy still has to set to weight 0.
+        for key in read if read is not None else ():
+            if key not in result.follow_up:
+                self._follow_up_at.pop(key, None)
+                self._follow_up_step.pop(key, None)
+        delays = self.options.follow_up_delays
+        for key in result.follow_up:
+            step = self._follow_up_step.get(key, 0)
+            if step >= len(delays):
+                self._follow_up_at.pop(key, None)  # the sweep takes it from here
+                continue
+            self._follow_up_step[key] = step + 1
+            self._follow_up_at[key] = now + delays[step]
+        if result.next_due is not None:
+            # A grace period or a cap ends: read those virtual services again then, not at the next sweep.
+            wait = max(0.0, (result.next_due - self._clocks.now()).total_seconds())
+            for decision in result.plan.decisions:
+                if decision.reap_after == result.next_due:
+                    key = decision.real_server.key.virtual
+                    self._follow_up_at[key] = min(self._follow_up_at.get(key, float("inf")), now + wait)
+        if self._events is not None:
+            self._events.add(result.applied.records)
+
+    def _record(self, record: ActionRecord) -> None:
+        log_recorder(record)
+        self.metrics.record(record)
+        self.records.append(record)
+        del self.records[:-1000]
+
+    async def _post_events(self) -> None:
+        if self._events is None:
+            return
+        for namespace, body in self._events.due(self._clocks.now()):
+            try:
+                await asyncio.to_thread(self._api.create_event, namespace, body)
+                self.metrics.events_posted.inc()
+            except ApiFailure as error:
+                log.warning("Event not posted (the deletion itself is logged): %s", error)
+                self.metrics.errors.labels("event").inc()

@@ -1,0 +1,79 @@
+"""When each weight-0 real server was first seen at weight 0: the clock its grace and cap run on.
+
+Held in memory, so a re-list of the cluster does not reset it; optionally kept in a node-local file, so a
+restart does not either. A file that cannot be read starts the clocks afresh (later reaping, never earlier)
+and says so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+
+from ipvs_reaper.values import Protocol, RealKey, VirtualKey
+
+log = logging.getLogger(__name__)
+
+
+def _encode(key: RealKey) -> str:
+    virtual = key.virtual
+    address = virtual.address.compressed if virtual.address is not None else ""
+    fields = (virtual.protocol.value, virtual.family, address, virtual.port, virtual.fwmark)
+    return " ".join(map(str, (*fields, key.address.compressed, key.port)))
+
+
+def _decode(text: str) -> RealKey:
+    protocol, family, address, port, fwmark, real, real_port = text.split(" ")
+    virtual = VirtualKey(
+        protocol=Protocol(protocol),
+        family=int(family),
+        address=ipaddress.ip_address(address) if address else None,
+        port=int(port),
+        fwmark=int(fwmark),
+    )
+    return RealKey(virtual, ipaddress.ip_address(real), int(real_port))
+
+
+class FirstSeen:
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._seen: dict[RealKey, datetime] = self._load() if path is not None else {}
+
+    @property
+    def all(self) -> Mapping[RealKey, datetime]:
+        return self._seen
+
+    def update(self, covered: Callable[[RealKey], bool], seen: Mapping[RealKey, datetime]) -> None:
+        """`seen` is what a plan found at weight 0 among the real servers `covered` says it looked at."""
+        updated = {key: when for key, when in self._seen.items() if not covered(key)}
+        updated.update(seen)
+        if updated != self._seen:
+            self._seen = updated
+            self._save()
+
+    def _load(self) -> dict[RealKey, datetime]:
+        assert self._path is not None
+        try:
+            raw = json.loads(self._path.read_text())
+            return {_decode(key): datetime.fromisoformat(when) for key, when in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as error:
+            log.error("first-seen file %s unreadable, grace clocks start now: %s", self._path, error)
+            return {}
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        text = json.dumps({_encode(key): when.isoformat() for key, when in self._seen.items()})
+        temporary = self._path.with_name(self._path.name + ".tmp")
+        try:
+            temporary.write_text(text)
+            os.replace(temporary, self._path)  # atomic: a crash leaves the old file or the new one
+        except OSError as error:
+            log.error("first-seen file %s not written (clocks kept in memory): %s", self._path, error)

@@ -1,0 +1,79 @@
+"""kopf's side of the agent: settings, login, and three watch handlers that hand each event to the agent.
+
+Only `on.event` handlers that return None: kopf writes nothing for them (other handler kinds patch status,
+annotations or finalizers). Peering is off (thousands of same-priority pods would pause each other), and so
+are scanning and event posting. The agent's loops start at startup and stop at cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+
+from ipvs_reaper.agent.agent import Agent
+from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE
+
+
+class _RetryForever:
+    """kopf's request backoffs, never exhausted: an API outage must pause the agent, not end it (an ended
+    watch stops the operator, and a restarting DaemonSet pod helps nobody)."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21), itertools.repeat(30.0))
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        agent: Agent = memo.agent
+        options = agent.options
+        settings.peering.standalone = True
+        settings.scanning.disabled = True
+        settings.posting.enabled = False
+        settings.watching.server_timeout = int(options.watch_timeout)
+        settings.watching.client_timeout = int(options.watch_timeout) + 30
+        settings.watching.connect_timeout = 10
+        settings.watching.reconnect_backoff = 1.0
+        settings.networking.request_timeout = 30
+        settings.networking.error_backoffs = _RetryForever()
+        # Only this node's Node: a cluster's Nodes change often and matter to no other node.
+        settings.watching.field_selectors["nodes"] = f"metadata.name={options.node_name}"
+        memo.tasks = [
+            asyncio.create_task(agent.relist_forever(), name="relist"),
+            asyncio.create_task(agent.heartbeat_forever(), name="heartbeat"),
+            asyncio.create_task(agent.work_forever(), name="work"),
+        ]
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        for task in memo.get("tasks", []):
+            task.cancel()
+        for task in memo.get("tasks", []):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @kopf.on.login(registry=registry)
+    def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+        connection: kopf.ConnectionInfo = memo.login()
+        return connection
+
+    @kopf.on.event("v1", "services", registry=registry)
+    def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.agent.on_event(SERVICE, event["type"], event["object"])
+
+    @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=registry)
+    def slice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.agent.on_event(ENDPOINT_SLICE, event["type"], event["object"])
+
+    @kopf.on.event("v1", "nodes", registry=registry)
+    def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.agent.on_event(NODE, event["type"], event["object"])
+
+    return registry

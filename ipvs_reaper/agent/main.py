@@ -1,0 +1,78 @@
+"""`ipvs-reaper run`: wire the agent's parts together and run them until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+from kubernetes import client
+
+from ipvs_reaper.agent.agent import Agent, Clocks
+from ipvs_reaper.agent.handlers import build_registry
+from ipvs_reaper.agent.health import start_health_server
+from ipvs_reaper.agent.metrics import AgentMetrics
+from ipvs_reaper.agent.options import AgentOptions
+from ipvs_reaper.cluster.api import ClusterApi, client_configuration
+from ipvs_reaper.ipvs.backend import IpvsBackend
+from ipvs_reaper.kernel.sysctl import Sysctls
+
+log = logging.getLogger(__name__)
+
+
+def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same client configuration our own requests use."""
+    if configuration.refresh_api_key_hook is not None:
+        configuration.refresh_api_key_hook(configuration)  # in-cluster tokens are rotated on disk
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+async def run_agent(
+    options: AgentOptions,
+    backend: IpvsBackend,
+    sysctls: Sysctls,
+    *,
+    stop: asyncio.Event | None = None,
+    clocks: Clocks | None = None,
+    started: asyncio.Future[Agent] | None = None,
+) -> None:
+    """Runs until `stop` is set (or a signal stops kopf). `started` receives the agent, for tests."""
+    configuration = client_configuration(options.kubeconfig)
+    api = ClusterApi(configuration)
+    agent = Agent(
+        options, api=api, backend=backend, sysctls=sysctls, metrics=AgentMetrics(), clocks=clocks or Clocks()
+    )
+    health = await start_health_server(agent, options.listen_host, options.listen_port)
+    log.info(
+        "ipvs-reaper agent on node %s%s; health and metrics on %s:%d",
+        options.node_name,
+        " (dry-run)" if options.dry_run else "",
+        options.listen_host,
+        options.listen_port,
+    )
+    if started is not None:
+        started.set_result(agent)
+    # kopf asks again after a 401: each login reads the (rotated) token anew.
+    memo = kopf.Memo(agent=agent, login=lambda: connection_info(configuration))
+    try:
+        await kopf.operator(
+            registry=build_registry(), memo=memo, standalone=True, clusterwide=True, stop_flag=stop
+        )
+    finally:
+        await health.cleanup()
+        api.close()

@@ -1,0 +1,107 @@
+"""`ipvs-reaper run`'s settings: flags, with the DaemonSet's environment as defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipvs_reaper.errors import InputError
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    node_name: str
+    config_path: Path | None
+    dry_run: bool
+    kubeconfig: str | None
+    listen_host: str
+    listen_port: int
+    # The whole-table sweep: IPVS has no change notifications, so weight changes kube-proxy makes after a
+    # slice event, and grace periods ending, are found by looking.
+    sweep_interval: float
+    sweep_jitter: float  # a share of the interval, so that the nodes' sweeps do not line up
+    # A full re-list: the watch never reports objects deleted while it was down.
+    relist_interval: float
+    # A cheap request (this node's Node) that proves the API still answers between events.
+    heartbeat_interval: float
+    # With no word from the API for this long the view is stale: reaping pauses, readiness fails.
+    max_silence: float
+    # Watch requests end after this long and are resumed (the server's timeout; the client waits a bit more).
+    watch_timeout: float
+    # After an event, the virtual services whose endpoints went away are re-read this often until kube-proxy
+    # has set their weight to 0 (it does so on its own schedule, after the same event).
+    follow_up_delays: tuple[float, ...]
+    post_events: bool
+    event_interval: float  # at most one Event per Service this often; the rest are added to the next one
+    first_seen_file: Path | None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--node-name", default=env("NODE_NAME"), help="this node (default: $NODE_NAME)")
+    parser.add_argument(
+        "--config", metavar="FILE", type=Path, help="the mounted ConfigMap's file, re-read live"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="decide, re-check and record; delete nothing")
+    parser.add_argument("--kubeconfig", metavar="FILE", help="for development (default: in-cluster)")
+    parser.add_argument(
+        "--listen", default="0.0.0.0:9808", metavar="HOST:PORT", help="/healthz, /readyz and /metrics"
+    )
+    parser.add_argument("--sweep-interval", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument("--relist-interval", type=float, default=600.0, metavar="SECONDS")
+    parser.add_argument("--heartbeat-interval", type=float, default=30.0, metavar="SECONDS")
+    parser.add_argument(
+        "--max-silence",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="pause reaping when the API has not answered for this long",
+    )
+    parser.add_argument("--watch-timeout", type=float, default=300.0, metavar="SECONDS")
+    parser.add_argument(
+        "--post-events", action="store_true", help="post a Kubernetes Event on the Service for each reap"
+    )
+    parser.add_argument("--event-interval", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument(
+        "--first-seen-file",
+        type=Path,
+        metavar="FILE",
+        help="keep grace clocks across restarts in this node-local file",
+    )
+
+
+def _positive(value: float, flag: str) -> float:
+    if not value > 0:
+        raise InputError(f"{flag}: expected a number of seconds > 0, got {value:g}")
+    return value
+
+
+def options_from_args(args: argparse.Namespace) -> AgentOptions:
+    host, _, port_text = args.listen.rpartition(":")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InputError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    heartbeat = _positive(args.heartbeat_interval, "--heartbeat-interval")
+    max_silence = _positive(args.max_silence, "--max-silence")
+    if max_silence <= heartbeat:
+        raise InputError("--max-silence must be longer than --heartbeat-interval, or every pause is stale")
+    return AgentOptions(
+        node_name=args.node_name or socket.gethostname(),
+        config_path=args.config,
+        dry_run=args.dry_run,
+        kubeconfig=args.kubeconfig,
+        listen_host=host.strip("[]") or "0.0.0.0",
+        listen_port=int(port_text),
+        sweep_interval=_positive(args.sweep_interval, "--sweep-interval"),
+        sweep_jitter=0.1,
+        relist_interval=_positive(args.relist_interval, "--relist-interval"),
+        heartbeat_interval=heartbeat,
+        max_silence=max_silence,
+        watch_timeout=_positive(args.watch_timeout, "--watch-timeout"),
+        follow_up_delays=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+        post_events=args.post_events,
+        event_interval=_positive(args.event_interval, "--event-interval"),
+        first_seen_file=args.first_seen_file,
+    )

@@ -1,0 +1,140 @@
+"""One reconcile: read (the whole table, or the virtual services an event touched), plan, apply.
+
+Synchronous and free of Kubernetes: the agent hands it a cluster view and a config, and runs it in a thread.
+Between reconciles it keeps the grace clocks (first-seen times), the node's real-server count (the breaker's
+share is of the node, also for a reconcile that read a few virtual services), and recent deletions (many
+small reconciles must not add up to what one sweep would be refused).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from ipvs_reaper.actor import ApplyResult, Outcome, Recorder, apply_plan
+from ipvs_reaper.agent.first_seen import FirstSeen
+from ipvs_reaper.cluster.model import ClusterState
+from ipvs_reaper.config import Config
+from ipvs_reaper.ipvs.backend import IpvsBackend
+from ipvs_reaper.kernel.sysctl import EXPIRE_NODEST_CONN, SysctlError, Sysctls
+from ipvs_reaper.mapping import EndpointState
+from ipvs_reaper.planner import Action, Plan, SweepInputs, plan_sweep
+from ipvs_reaper.values import IpvsTable, RealServer, VirtualKey, VirtualService
+
+_UNWANTED = (EndpointState.GONE, EndpointState.TERMINATING, EndpointState.NOT_READY)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    plan: Plan
+    applied: ApplyResult
+    # Virtual services with a real server the cluster no longer wants but kube-proxy still weights: it will
+    # set the weight to 0 on its own schedule, so they are worth reading again soon.
+    follow_up: frozenset[VirtualKey]
+    # The earliest moment a waiting real server becomes reapable (grace or cap ends), if any.
+    next_due: datetime | None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        backend: IpvsBackend,
+        sysctls: Sysctls,
+        first_seen: FirstSeen,
+        dry_run: bool,
+        clock: Callable[[], datetime],
+        recorder: Recorder,
+        breaker_window: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._node = node_name
+        self._backend = backend
+        self._sysctls = sysctls
+        self._first_seen = first_seen
+        self._dry_run = dry_run
+        self._clock = clock
+        self._recorder = recorder
+        self._window = breaker_window
+        self._monotonic = monotonic
+        self._deletions: collections.deque[float] = collections.deque()
+        self.node_real_servers: int | None = None
+
+    def sweep(self, cluster: ClusterState, config: Config) -> ReconcileResult:
+        """The whole table. Raises IpvsError when it cannot be read."""
+        table = self._backend.read_table()
+        self.node_real_servers = len(table.real_servers)
+        result = self._run(table, cluster, config, node_total=None, describe_weighted=False)
+        self._first_seen.update(lambda _key: True, result.plan.first_seen)
+        return result
+
+    def reconcile(self, keys: Iterable[VirtualKey], cluster: ClusterState, config: Config) -> ReconcileResult:
+        """Only these virtual services (the rest of the table is not read). Raises IpvsError."""
+        wanted = frozenset(keys)
+        services: list[VirtualService] = []
+        real_servers: list[RealServer] = []
+        for key in sorted(wanted, key=VirtualKey.sort_key):
+            current = self._backend.read_service(key)
+            if current is not None:
+                services.append(VirtualService(key, ""))
+                real_servers.extend(current)
+        table = IpvsTable(tuple(services), tuple(real_servers))
+        # Weighted real servers are described too, to find those kube-proxy has yet to set to weight 0.
+        result = self._run(table, cluster, config, self.node_real_servers, describe_weighted=True)
+        self._first_seen.update(lambda key: key.virtual in wanted, result.plan.first_seen)
+        return result
+
+    def _run(
+        self,
+        table: IpvsTable,
+        cluster: ClusterState,
+        config: Config,
+        node_total: int | None,
+        describe_weighted: bool,
+    ) -> ReconcileResult:
+        now = self._clock()
+        try:
+            expire_nodest_conn = self._sysctls.read(EXPIRE_NODEST_CONN)
+        except SysctlError:
+            expire_nodest_conn = None  # the planner treats unknown as not 1
+        plan = plan_sweep(
+            SweepInputs(
+                table=table,
+                cluster=cluster,
+                node_name=self._node,
+                config=config,
+                expire_nodest_conn=expire_nodest_conn,
+                now=now,
+                first_seen=self._first_seen.all,
+                describe_weighted=describe_weighted,
+                node_real_servers=node_total,
+                recent_deletions=self._recent_deletions(),
+            )
+        )
+        applied = apply_plan(
+            plan,
+            self._backend,
+            self._sysctls,
+            dry_run=self._dry_run,
+            clock=self._clock,
+            recorder=self._recorder,
+        )
+        tick = self._monotonic()
+        self._deletions.extend(tick for r in applied.records if r.outcome is Outcome.DELETED)
+        follow_up = frozenset(
+            d.real_server.key.virtual
+            for d in plan.decisions
+            if d.real_server.weight > 0 and d.endpoint.state in _UNWANTED and not d.endpoint.serving
+        )
+        waits = [d.reap_after for d in plan.decisions if d.action is Action.WAIT and d.reap_after is not None]
+        return ReconcileResult(plan, applied, follow_up, min(waits, default=None))
+
+    def _recent_deletions(self) -> int:
+        horizon = self._monotonic() - self._window
+        while self._deletions and self._deletions[0] < horizon:
+            self._deletions.popleft()
+        return len(self._deletions)
