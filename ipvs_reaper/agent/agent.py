@@ -152,16 +152,22 @@ class Agent:
         node = self._api.read_node(self.options.node_name)
         return [node] if node is not None else []
 
+    async def list_until_complete(self) -> None:
+        failures = 0
+        while not await self.list_everything():
+            await asyncio.sleep(_RETRY[min(failures, len(_RETRY) - 1)])
+            failures += 1
+
     async def relist_forever(self) -> None:
+        """Every relist interval after the first complete listing; failures retry sooner."""
         failures = 0
         while True:
-            if await self.list_everything():
-                failures = 0
-                interval = self.options.relist_interval
-                await asyncio.sleep(interval * (1 + self.options.sweep_jitter * self._rng.uniform(-1, 1)))
+            if failures:
+                await asyncio.sleep(_RETRY[min(failures - 1, len(_RETRY) - 1)])
             else:
-                await asyncio.sleep(_RETRY[min(failures, len(_RETRY) - 1)])
-                failures += 1
+                jitter = self.options.sweep_jitter * self._rng.uniform(-1, 1)
+                await asyncio.sleep(self.options.relist_interval * (1 + jitter))
+            failures = 0 if await self.list_everything() else failures + 1
 
     async def heartbeat_forever(self) -> None:
         """Prove the API still answers between events: an event-less watch looks the same as a dead one."""
@@ -193,6 +199,14 @@ class Agent:
         while True:
             now = self._clocks.monotonic()
             deadline = min([next_sweep, now + _CONFIG_POLL, *self._follow_up_at.values()])
+            if not self.cache.ready:
+                # Nothing to decide before the first complete listing; it requests the first sweep.
+                self.last_loop = now
+                self._refresh_config(now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=_CONFIG_POLL)
+                self._wake.clear()
+                continue
             if not (self._pending or self._sweep_requested):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, deadline - now))
@@ -208,8 +222,7 @@ class Agent:
             else:
                 due = {key for key, at in self._follow_up_at.items() if at <= now}
                 keys, self._pending = self._pending | due, set()
-                # Before the first complete listing the sweep that follows it covers everything.
-                if keys and self.cache.ready:
+                if keys:
                     await self._run("event" if not due else "follow-up", keys, config)
             await self._post_events()
 

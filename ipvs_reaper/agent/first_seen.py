@@ -11,7 +11,7 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -43,17 +43,36 @@ class FirstSeen:
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
         self._seen: dict[RealKey, datetime] = self._load() if path is not None else {}
+        # The same entries by virtual service: a reconcile of a few virtual services touches only theirs.
+        self._by_virtual: dict[VirtualKey, dict[RealKey, datetime]] = {}
+        for key, when in self._seen.items():
+            self._by_virtual.setdefault(key.virtual, {})[key] = when
 
     @property
     def all(self) -> Mapping[RealKey, datetime]:
         return self._seen
 
-    def update(self, covered: Callable[[RealKey], bool], seen: Mapping[RealKey, datetime]) -> None:
-        """`seen` is what a plan found at weight 0 among the real servers `covered` says it looked at."""
-        updated = {key: when for key, when in self._seen.items() if not covered(key)}
-        updated.update(seen)
-        if updated != self._seen:
-            self._seen = updated
+    def update(self, looked_at: Iterable[VirtualKey] | None, seen: Mapping[RealKey, datetime]) -> None:
+        """`seen`: what a plan found at weight 0 in the virtual services it read (None: all of them)."""
+        if looked_at is None:
+            changed = seen != self._seen
+            self._seen = dict(seen)
+            self._by_virtual = {}
+            for key, when in self._seen.items():
+                self._by_virtual.setdefault(key.virtual, {})[key] = when
+        else:
+            changed = False
+            for virtual in looked_at:
+                fresh = {key: when for key, when in seen.items() if key.virtual == virtual}
+                old = self._by_virtual.pop(virtual, {})
+                if fresh:
+                    self._by_virtual[virtual] = fresh
+                if fresh != old:
+                    changed = True
+                    for key in old:
+                        del self._seen[key]
+                    self._seen.update(fresh)
+        if changed:
             self._save()
 
     def _load(self) -> dict[RealKey, datetime]:

@@ -45,6 +45,9 @@ def build_registry() -> kopf.OperatorRegistry:
         settings.networking.error_backoffs = _RetryForever()
         # Only this node's Node: a cluster's Nodes change often and matter to no other node.
         settings.watching.field_selectors["nodes"] = f"metadata.name={options.node_name}"
+        # The first complete listing, before kopf starts watching: readiness then waits on our listing alone,
+        # and kopf's own initial listing finds the same versions in the cache (nothing to do).
+        await agent.list_until_complete()
         memo.tasks = [
             asyncio.create_task(agent.relist_forever(), name="relist"),
             asyncio.create_task(agent.heartbeat_forever(), name="heartbeat"),

@@ -69,7 +69,7 @@ class Reconciler:
         table = self._backend.read_table()
         self.node_real_servers = len(table.real_servers)
         result = self._run(table, cluster, config, node_total=None, describe_weighted=False)
-        self._first_seen.update(lambda _key: True, result.plan.first_seen)
+        self._first_seen.update(None, result.plan.first_seen)
         return result
 
     def reconcile(self, keys: Iterable[VirtualKey], cluster: ClusterState, config: Config) -> ReconcileResult:
@@ -85,7 +85,7 @@ class Reconciler:
         table = IpvsTable(tuple(services), tuple(real_servers))
         # Weighted real servers are described too, to find those kube-proxy has yet to set to weight 0.
         result = self._run(table, cluster, config, self.node_real_servers, describe_weighted=True)
-        self._first_seen.update(lambda key: key.virtual in wanted, result.plan.first_seen)
+        self._first_seen.update(wanted, result.plan.first_seen)
         return result
 
     def _run(

@@ -108,7 +108,7 @@ async def test_nothing_is_reaped_before_the_first_full_listing(api: Any, tmp_pat
             await asyncio.sleep(0.3)
             assert fake.deleted == []
             slices_down["down"] = False
-            await eventually(lambda: bool(fake.deleted), timeout=8, what="reaped once listed")
+            await eventually(lambda: bool(fake.deleted), timeout=15, what="reaped once listed")
             assert keys(fake) == ["10.96.0.2:80 -> 10.1.0.9"]
             assert (await http_status(readyz(agent)))[0] == 200
 

@@ -1,0 +1,72 @@
+"""The agent under benchmark, in a process of its own (so its RSS and CPU are its own): the real `run_agent`
+against the emulator, with a fake IPVS table matching the benchmark's cluster. Prints one JSON line when
+ready and one per deleted real server, with CLOCK_MONOTONIC times (shared by every process on the host)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from bench.agent_cluster import fake_table
+from ipvs_reaper.agent.agent import Agent
+from ipvs_reaper.agent.main import run_agent
+from ipvs_reaper.agent.options import AgentOptions
+from ipvs_reaper.ipvs.fake import FakeIpvs
+from ipvs_reaper.kernel.sysctl import FakeSysctls
+
+
+def _rss_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def main(kubeconfig: str, services: int, port: int) -> None:
+    fake = FakeIpvs(fake_table(services))
+    original = fake.delete_real_server
+
+    def delete(key):  # type: ignore[no-untyped-def]
+        outcome = original(key)
+        emit(deleted=str(key), at=time.monotonic())
+        return outcome
+
+    fake.delete_real_server = delete  # type: ignore[method-assign]
+    options = AgentOptions(
+        node_name="node-a",
+        config_path=None,
+        dry_run=False,
+        kubeconfig=kubeconfig,
+        listen_host="127.0.0.1",
+        listen_port=port,
+        sweep_interval=60.0,
+        sweep_jitter=0.1,
+        relist_interval=600.0,
+        heartbeat_interval=30.0,
+        max_silence=120.0,
+        watch_timeout=300.0,
+        follow_up_delays=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+        post_events=False,
+        event_interval=60.0,
+        first_seen_file=None,
+    )
+    started: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_agent(options, fake, FakeSysctls({"expire_nodest_conn": 1}), started=started)
+    )
+    agent = await started
+    while agent.not_ready_because():
+        await asyncio.sleep(0.01)
+    emit(ready=time.monotonic(), rss_mib=round(_rss_mib(), 1))
+    await task
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))

@@ -1,0 +1,134 @@
+"""Benchmark of `ipvs-reaper run` against kmock's Kubernetes emulator (real HTTP list and watch) with a fake
+IPVS table: time to ready, RSS at ready, steady idle CPU, and slice-event -> real-server-deleted latency.
+
+    .venv/bin/python -m bench.agent_kmock [--services 10000] [--events 1000] [--idle 60]
+
+The agent runs in a child process (its RSS and CPU are its own; the emulator's are not counted). Latency is
+from just before the PATCH that removes endpoint 5 of a Service's slice to the delete in the fake table, both
+read on CLOCK_MONOTONIC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+
+from bench.agent_cluster import ENDPOINTS, node_body, service_body, slice_body
+from tests.agent.harness import free_port, kubeconfig
+
+SERVICES = kmock.resource("", "v1", "services")
+SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
+NODES = kmock.resource("", "v1", "nodes")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _lines(stream: asyncio.StreamReader, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    while line := await stream.readline():
+        if line.startswith(b"{"):
+            await queue.put(json.loads(line))
+
+
+async def bench(services: int, events: int, idle: float) -> dict[str, Any]:
+    async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+        api.resources.load_bundled()
+        for i in range(services):
+            api.objects[SERVICES, f"ns-{i % 50}", f"svc-{i}"] = service_body(i)
+            api.objects[SLICES, f"ns-{i % 50}", f"svc-{i}-abcde"] = slice_body(i)
+        api.objects[NODES, None, "node-a"] = node_body()
+        url = str(server.url)
+        with tempfile.TemporaryDirectory() as scratch:
+            config = kubeconfig(Path(scratch), url)
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+            spawned = time.monotonic()
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.agent_child",
+                config,
+                str(services),
+                str(free_port()),
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            assert child.stdout is not None
+            queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            reader = asyncio.create_task(_lines(child.stdout, queue))
+            try:
+                ready = await asyncio.wait_for(queue.get(), 120)
+                result: dict[str, Any] = {
+                    "services": services,
+                    "slices": services,
+                    "endpoints_per_slice": ENDPOINTS,
+                    "ready_s": round(ready["ready"] - spawned, 2),
+                    "rss_at_ready_mib": ready["rss_mib"],
+                }
+                # Let kopf's own initial listing (it lists again for its watches) finish before idling.
+                previous = _cpu_seconds(child.pid)
+                while True:
+                    await asyncio.sleep(2)
+                    now = _cpu_seconds(child.pid)
+                    if now - previous < 0.1:
+                        break
+                    previous = now
+                start_cpu, start = _cpu_seconds(child.pid), time.monotonic()
+                await asyncio.sleep(idle)
+                result["idle_cpu_percent"] = round(
+                    100 * (_cpu_seconds(child.pid) - start_cpu) / (time.monotonic() - start), 2
+                )
+                result["idle_window_s"] = idle
+                status = Path(f"/proc/{child.pid}/status").read_text()
+                result["rss_after_idle_mib"] = round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)
+                latencies = []
+                async with aiohttp.ClientSession(
+                    headers={"Content-Type": "application/merge-patch+json"}
+                ) as s:
+                    for n in range(events):
+                        i = (n * 7919) % services  # spread over the namespaces
+                        body = slice_body(i, endpoints=ENDPOINTS - 1, version=1)
+                        meta = body["metadata"]
+                        target = f"{url.rstrip('/')}/apis/discovery.k8s.io/v1/namespaces/{meta['namespace']}"
+                        sent = time.monotonic()
+                        async with s.patch(f"{target}/endpointslices/{meta['name']}", json=body) as response:
+                            assert response.status < 300
+                        deleted = await asyncio.wait_for(queue.get(), 10)
+                        latencies.append(deleted["at"] - sent)
+                latencies.sort()
+                result["events"] = events
+                result["latency_p50_ms"] = round(1000 * statistics.median(latencies), 1)
+                result["latency_p99_ms"] = round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1)
+                result["latency_max_ms"] = round(1000 * latencies[-1], 1)
+                return result
+            finally:
+                child.terminate()
+                await child.wait()
+                reader.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds of steady idle to measure CPU over")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(bench(args.services, args.events, args.idle)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

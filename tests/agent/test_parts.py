@@ -1,0 +1,140 @@
+"""The agent's small parts on their own: grace clocks kept across restarts, Events aggregated and
+rate-limited, flags checked, follow-ups and breaker counts of the reconciler."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ipvs_reaper.actor import ActionRecord, Outcome
+from ipvs_reaper.agent.first_seen import FirstSeen
+from ipvs_reaper.agent.k8s_events import EventReporter
+from ipvs_reaper.agent.options import add_run_arguments, options_from_args
+from ipvs_reaper.agent.reconciler import Reconciler
+from ipvs_reaper.cluster.model import ClusterState
+from ipvs_reaper.cluster.parse import cluster_state_from_items
+from ipvs_reaper.config import Config
+from ipvs_reaper.errors import InputError
+from ipvs_reaper.ipvs.fake import FakeIpvs
+from ipvs_reaper.kernel.sysctl import FakeSysctls
+from ipvs_reaper.mapping import EndpointState, EndpointStatus
+from ipvs_reaper.planner import Action, Decision
+from tests.agent.harness import real, table, vip
+from tests.builders import endpoint, endpoint_slice, node, port, service
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+WEB = vip("10.96.0.2", 80)
+V6 = vip("fd00::2", 80)
+
+
+def test_first_seen_times_survive_a_restart_and_a_bad_file_restarts_the_clocks(tmp_path: Path) -> None:
+    path = tmp_path / "first-seen.json"
+    store = FirstSeen(path)
+    a, b = real(WEB, "10.1.0.1", 8080).key, real(V6, "fd00:1::5", 8080).key
+    store.update(None, {a: T0, b: T0 + timedelta(seconds=5)})
+    assert FirstSeen(path).all == {a: T0, b: T0 + timedelta(seconds=5)}
+    # A partial update keeps what it did not look at, and drops what it looked at and no longer saw.
+    store.update({WEB}, {})
+    assert FirstSeen(path).all == {b: T0 + timedelta(seconds=5)}
+    path.write_text("{not json")
+    assert FirstSeen(path).all == {}
+
+
+def _record(service: str, address: str, outcome: Outcome = Outcome.DELETED) -> ActionRecord:
+    rs = real(WEB, address, 8080)
+    decision = Decision(rs, service, EndpointStatus(EndpointState.GONE), Action.REAP, "gone")
+    return ActionRecord(T0, decision, outcome, "", dry_run=False)
+
+
+def test_events_are_one_per_service_and_held_back_within_the_interval() -> None:
+    tick = [0.0]
+    reporter = EventReporter("node-a", interval=60, clock=lambda: tick[0])
+    reporter.add([_record("a/web", f"10.1.0.{i}") for i in range(1, 8)] + [_record("b/api", "10.1.0.9")])
+    reporter.add([_record("a/web", "10.1.0.99", Outcome.SKIPPED)])  # not a deletion: not reported
+    bodies = dict(reporter.due(T0))
+    assert set(bodies) == {"a", "b"}
+    assert "deleted 7 stale IPVS real server(s)" in bodies["a"]["message"]
+    assert "and 2 more" in bodies["a"]["message"] and "10.1.0.99" not in bodies["a"]["message"]
+    reporter.add([_record("a/web", "10.1.0.20")])
+    tick[0] = 59
+    assert reporter.due(T0) == []
+    tick[0] = 60
+    ((namespace, body),) = reporter.due(T0)
+    assert namespace == "a" and "deleted 1 stale" in body["message"] and "10.1.0.20" in body["message"]
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return parser.parse_args(["--node-name", "node-a", *argv])
+
+
+def test_flags_are_checked() -> None:
+    options = options_from_args(_parse("--listen", "[::1]:9000", "--dry-run"))
+    assert (options.listen_host, options.listen_port, options.dry_run) == ("::1", 9000, True)
+    with pytest.raises(InputError, match="--listen"):
+        options_from_args(_parse("--listen", "localhost:http"))
+    with pytest.raises(InputError, match="--max-silence"):
+        options_from_args(_parse("--max-silence", "10", "--heartbeat-interval", "30"))
+    with pytest.raises(InputError, match="--sweep-interval"):
+        options_from_args(_parse("--sweep-interval", "0"))
+
+
+def _reconciler(fake: FakeIpvs, window: float = 60) -> tuple[Reconciler, list[float]]:
+    tick = [0.0]
+    reconciler = Reconciler(
+        node_name="node-a",
+        backend=fake,
+        sysctls=FakeSysctls({"expire_nodest_conn": 1}),
+        first_seen=FirstSeen(),
+        dry_run=False,
+        clock=lambda: T0,
+        recorder=lambda _r: None,
+        breaker_window=window,
+        monotonic=lambda: tick[0],
+    )
+    return reconciler, tick
+
+
+def _cluster(*ready: str) -> ClusterState:
+    return cluster_state_from_items(
+        [
+            service("a", "web", ["10.96.0.2"], [port(80)]),
+            endpoint_slice("a", "web-1", "web", [port(8080)], [endpoint(ip) for ip in ready]),
+            node("node-a", "192.168.49.2"),
+        ]
+    )
+
+
+def test_a_reconcile_asks_to_follow_up_while_kube_proxy_still_weights_a_gone_endpoint() -> None:
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=1)))
+    reconciler, _ = _reconciler(fake)
+    result = reconciler.reconcile({WEB}, _cluster("10.1.0.1"), Config())
+    assert result.follow_up == {WEB} and fake.deleted == []
+    fake.set_weight(real(WEB, "10.1.0.2", 8080).key, 0)
+    result = reconciler.reconcile({WEB}, _cluster("10.1.0.1"), Config())
+    assert result.follow_up == frozenset() and len(fake.deleted) == 1
+
+
+def test_small_reconciles_add_up_in_the_breaker() -> None:
+    # 12 real servers on the node; 6 endpoints go one reconcile at a time. Alone each is 1 of 12; together
+    # they pass the default share (half the node, at least 10 deletions) only if counted together.
+    pods = [f"10.1.0.{i}" for i in range(1, 13)]
+    fake = FakeIpvs(table(*(real(WEB, ip, 8080, weight=1) for ip in pods)))
+    reconciler, tick = _reconciler(fake)
+    reconciler.sweep(_cluster(*pods), Config())
+    for i in range(7):
+        fake.set_weight(real(WEB, pods[i], 8080).key, 0)
+        reconciler.reconcile({WEB}, _cluster(*pods[i + 1 :]), Config())
+    assert len(fake.deleted) == 7
+    for i in range(7, 10):
+        fake.set_weight(real(WEB, pods[i], 8080).key, 0)
+    result = reconciler.reconcile({WEB}, _cluster(*pods[10:]), Config())
+    assert result.plan.refusal is not None and "7 of them just now" in result.plan.refusal
+    assert len(fake.deleted) == 7
+    tick[0] = 61  # the window has passed
+    result = reconciler.reconcile({WEB}, _cluster(*pods[10:]), Config())
+    assert result.plan.refusal is None and len(fake.deleted) == 10
