@@ -28,8 +28,8 @@ def emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def main(kubeconfig: str, services: int, port: int) -> None:
-    fake = FakeIpvs(fake_table(services))
+async def main(kubeconfig: str, services: int, events: int, port: int) -> None:
+    fake = FakeIpvs(fake_table(services, events))
     original = fake.delete_real_server
 
     def delete(key):  # type: ignore[no-untyped-def]
@@ -61,6 +61,14 @@ async def main(kubeconfig: str, services: int, port: int) -> None:
         run_agent(options, fake, FakeSysctls({"expire_nodest_conn": 1}), started=started)
     )
     agent = await started
+    on_event = agent.on_event
+
+    def timed(kind: str, event_type: str | None, body: object) -> None:
+        if kind == "EndpointSlice" and event_type == "MODIFIED":
+            emit(event=True, at=time.monotonic())
+        on_event(kind, event_type, body)
+
+    agent.on_event = timed  # type: ignore[method-assign]
     while agent.not_ready_because():
         await asyncio.sleep(0.01)
     emit(ready=time.monotonic(), rss_mib=round(_rss_mib(), 1))
@@ -69,4 +77,4 @@ async def main(kubeconfig: str, services: int, port: int) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))

@@ -1,6 +1,7 @@
 """The benchmark's cluster: N Services with one ClusterIP port each, one EndpointSlice of 5 endpoints per
-Service, and the node's IPVS table that kube-proxy would have built for them (endpoint 5 of each at weight 0,
-drained but ready, so it is kept until its endpoint goes)."""
+Service, and the node's IPVS table that kube-proxy would have built for them. In the Services the benchmark's
+events will change, endpoint 5 is at weight 0 (drained but ready, so it is kept until its endpoint goes);
+every other real server is weighted, as on a node between rollouts."""
 
 from __future__ import annotations
 
@@ -64,13 +65,19 @@ def node_body() -> dict[str, Any]:
     }
 
 
-def fake_table(services: int) -> IpvsTable:
+def event_targets(services: int, events: int) -> list[int]:
+    """The Service each event changes: spread over the namespaces, none twice."""
+    return [(n * 7919) % services for n in range(events)]
+
+
+def fake_table(services: int, events: int) -> IpvsTable:
+    drained = set(event_targets(services, events))
     virtuals, reals = [], []
     for i in range(services):
         key = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address(cluster_ip(i)), 80)
         virtuals.append(VirtualService(key, "rr"))
         for j in range(ENDPOINTS):
-            weight = 0 if j == ENDPOINTS - 1 else 1
+            weight = 0 if i in drained and j == ENDPOINTS - 1 else 1
             reals.append(
                 RealServer(RealKey(key, ipaddress.ip_address(pod_ip(i, j)), 8080), "Masq", weight, 0, 0)
             )

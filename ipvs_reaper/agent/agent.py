@@ -25,7 +25,7 @@ from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.agent.reconciler import Reconciler, ReconcileResult
 from ipvs_reaper.cluster.api import ApiFailure, ClusterApi
-from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache
+from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache, Parsed
 from ipvs_reaper.config import Config
 from ipvs_reaper.config_reload import ReloadingConfig
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
@@ -116,12 +116,13 @@ class Agent:
     # --- readiness -----------------------------------------------------------------------------------------
 
     def not_ready_because(self) -> list[str]:
-        reasons = list(self.cache.snapshot().problems)
+        problems = self.cache.problems
+        reasons = list(problems)
         state = self.config.state
         if state.config is None:
             reasons.append(f"no good config yet: {state.error}")
         self.metrics.ready.set(0 if reasons else 1)
-        self.metrics.view_unusable.set(1 if self.cache.snapshot().problems else 0)
+        self.metrics.view_unusable.set(1 if problems else 0)
         return reasons
 
     def alive(self) -> bool:
@@ -131,26 +132,30 @@ class Agent:
     # --- listing and heartbeats ----------------------------------------------------------------------------
 
     async def list_everything(self) -> bool:
-        listings: tuple[tuple[str, Callable[[], list[dict[str, Any]]]], ...] = (
-            (SERVICE, self._api.list_services),
-            (ENDPOINT_SLICE, self._api.list_endpoint_slices),
-            (NODE, self._list_node),
+        listings: tuple[tuple[str, Callable[[], Iterable[list[dict[str, Any]]]]], ...] = (
+            (SERVICE, self._api.service_pages),
+            (ENDPOINT_SLICE, self._api.endpoint_slice_pages),
+            (NODE, self._node_pages),
         )
-        for kind, call in listings:
+        for kind, pages in listings:
             since = self.cache.begin_listing()
             try:
-                bodies = await asyncio.to_thread(call)
+                # Parsed page by page in the thread: only one page of raw JSON is held at a time.
+                entries = await asyncio.to_thread(self._parse_pages, kind, pages)
             except ApiFailure as error:
                 log.error("re-list failed, keeping the current view until it ages out: %s", error)
                 self.metrics.errors.labels("list").inc()
                 return False
-            self.cache.replace(kind, bodies, since)
+            self.cache.replace_parsed(kind, entries, since)
         self.request_sweep()
         return True
 
-    def _list_node(self) -> list[dict[str, Any]]:
+    def _parse_pages(self, kind: str, pages: Callable[[], Iterable[list[dict[str, Any]]]]) -> list[Parsed]:
+        return [entry for page in pages() for entry in self.cache.parse(kind, page)]
+
+    def _node_pages(self) -> list[list[dict[str, Any]]]:
         node = self._api.read_node(self.options.node_name)
-        return [node] if node is not None else []
+        return [[node] if node is not None else []]
 
     async def list_until_complete(self) -> None:
         failures = 0
@@ -221,6 +226,8 @@ class Agent:
                     next_sweep = now + self.options.sweep_interval * (1 + jitter)
             else:
                 due = {key for key, at in self._follow_up_at.items() if at <= now}
+                for key in due:
+                    del self._follow_up_at[key]  # rescheduled after the read if still needed
                 keys, self._pending = self._pending | due, set()
                 if keys:
                     await self._run("event" if not due else "follow-up", keys, config)
@@ -279,13 +286,11 @@ class Agent:
                 continue
             self._follow_up_step[key] = step + 1
             self._follow_up_at[key] = now + delays[step]
-        if result.next_due is not None:
-            # A grace period or a cap ends: read those virtual services again then, not at the next sweep.
-            wait = max(0.0, (result.next_due - self._clocks.now()).total_seconds())
-            for decision in result.plan.decisions:
-                if decision.reap_after == result.next_due:
-                    key = decision.real_server.key.virtual
-                    self._follow_up_at[key] = min(self._follow_up_at.get(key, float("inf")), now + wait)
+        # A grace period or a cap ends: read that virtual service again then, not at the next sweep.
+        wall = self._clocks.now()
+        for key, when in result.due.items():
+            at = now + max(0.0, (when - wall).total_seconds())
+            self._follow_up_at[key] = min(self._follow_up_at.get(key, float("inf")), at)
         if self._events is not None:
             self._events.add(result.applied.records)
 

@@ -2,7 +2,8 @@
 
 Only `on.event` handlers that return None: kopf writes nothing for them (other handler kinds patch status,
 annotations or finalizers). Peering is off (thousands of same-priority pods would pause each other), and so
-are scanning and event posting. The agent's loops start at startup and stop at cleanup.
+are scanning and event posting. The agent's loops start at startup and stop at cleanup. Handlers are async:
+kopf runs sync ones in a thread pool, a thread hop per event for a few microseconds of work.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import kopf
+
+# Not re-exported by kopf, but what kopf.operator(memories=...) takes; kopf is pinned below 2.
+from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from ipvs_reaper.agent.agent import Agent
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE
@@ -25,6 +29,37 @@ class _RetryForever:
 
     def __iter__(self) -> Iterator[float]:
         return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21), itertools.repeat(30.0))
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds a diff base (a deep copy of the body) on every event for change-detecting handlers; event
+    handlers need none, and on a large cluster's listing those copies cost more than everything else."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+class ForgetfulMemories(ResourceMemories):
+    """kopf remembers every object it has seen until it is deleted (for daemons, timers and change handlers):
+    on a cluster of 20,000 objects that is most of the agent's memory, and event handlers use none of it."""
+
+    async def recall(
+        self,
+        raw_body: kopf.RawBody,
+        *,
+        memobase: Any = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> ResourceMemory:
+        return await super().recall(
+            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True
+        )
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -43,6 +78,10 @@ def build_registry() -> kopf.OperatorRegistry:
         settings.watching.reconnect_backoff = 1.0
         settings.networking.request_timeout = 30
         settings.networking.error_backoffs = _RetryForever()
+        settings.persistence.diffbase_storage = _NoDiffBase()
+        # kopf keeps a worker per object until it has been idle this long; its own listing of a large
+        # cluster would otherwise keep tens of thousands of them (and their queues) alive at once.
+        settings.queueing.idle_timeout = 0.5
         # Only this node's Node: a cluster's Nodes change often and matter to no other node.
         settings.watching.field_selectors["nodes"] = f"metadata.name={options.node_name}"
         # The first complete listing, before kopf starts watching: readiness then waits on our listing alone,
@@ -63,20 +102,20 @@ def build_registry() -> kopf.OperatorRegistry:
                 await task
 
     @kopf.on.login(registry=registry)
-    def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
         connection: kopf.ConnectionInfo = memo.login()
         return connection
 
     @kopf.on.event("v1", "services", registry=registry)
-    def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.agent.on_event(SERVICE, event["type"], event["object"])
 
     @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=registry)
-    def slice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    async def slice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.agent.on_event(ENDPOINT_SLICE, event["type"], event["object"])
 
     @kopf.on.event("v1", "nodes", registry=registry)
-    def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.agent.on_event(NODE, event["type"], event["object"])
 
     return registry

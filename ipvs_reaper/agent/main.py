@@ -9,7 +9,7 @@ import kopf
 from kubernetes import client
 
 from ipvs_reaper.agent.agent import Agent, Clocks
-from ipvs_reaper.agent.handlers import build_registry
+from ipvs_reaper.agent.handlers import ForgetfulMemories, build_registry
 from ipvs_reaper.agent.health import start_health_server
 from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
@@ -71,7 +71,12 @@ async def run_agent(
     memo = kopf.Memo(agent=agent, login=lambda: connection_info(configuration))
     try:
         await kopf.operator(
-            registry=build_registry(), memo=memo, standalone=True, clusterwide=True, stop_flag=stop
+            registry=build_registry(),
+            memories=ForgetfulMemories(),
+            memo=memo,
+            standalone=True,
+            clusterwide=True,
+            stop_flag=stop,
         )
     finally:
         await health.cleanup()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,8 +34,8 @@ class ReconcileResult:
     # Virtual services with a real server the cluster no longer wants but kube-proxy still weights: it will
     # set the weight to 0 on its own schedule, so they are worth reading again soon.
     follow_up: frozenset[VirtualKey]
-    # The earliest moment a waiting real server becomes reapable (grace or cap ends), if any.
-    next_due: datetime | None
+    # When a waiting real server becomes reapable (its grace or cap ends), earliest per virtual service.
+    due: Mapping[VirtualKey, datetime]
 
 
 class Reconciler:
@@ -130,8 +130,12 @@ class Reconciler:
             for d in plan.decisions
             if d.real_server.weight > 0 and d.endpoint.state in _UNWANTED and not d.endpoint.serving
         )
-        waits = [d.reap_after for d in plan.decisions if d.action is Action.WAIT and d.reap_after is not None]
-        return ReconcileResult(plan, applied, follow_up, min(waits, default=None))
+        due: dict[VirtualKey, datetime] = {}
+        for d in plan.decisions:
+            if d.action is Action.WAIT and d.reap_after is not None:
+                key = d.real_server.key.virtual
+                due[key] = min(due.get(key, d.reap_after), d.reap_after)
+        return ReconcileResult(plan, applied, follow_up, due)
 
     def _recent_deletions(self) -> int:
         horizon = self._monotonic() - self._window

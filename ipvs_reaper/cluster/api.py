@@ -7,6 +7,7 @@ Every call is blocking; the agent runs them in a thread.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -53,10 +54,17 @@ class ClusterApi:
         self._api.close()
 
     def list_services(self) -> list[dict[str, Any]]:
-        return self._list_all(self._core.list_service_for_all_namespaces, "Service")
+        return [item for page in self.service_pages() for item in page]
 
     def list_endpoint_slices(self) -> list[dict[str, Any]]:
-        return self._list_all(self._discovery.list_endpoint_slice_for_all_namespaces, "EndpointSlice")
+        return [item for page in self.endpoint_slice_pages() for item in page]
+
+    def service_pages(self) -> Iterator[list[dict[str, Any]]]:
+        """Every Service, a page at a time: a caller that parses each page holds one page of raw JSON."""
+        return self._pages(self._core.list_service_for_all_namespaces, "Service")
+
+    def endpoint_slice_pages(self) -> Iterator[list[dict[str, Any]]]:
+        return self._pages(self._discovery.list_endpoint_slice_for_all_namespaces, "EndpointSlice")
 
     def read_node(self, name: str) -> dict[str, Any] | None:
         """This node's Node, or None when the API says it does not exist."""
@@ -80,9 +88,7 @@ class ClusterApi:
         except API_ERRORS as error:
             raise ApiFailure(f"posting an Event in {namespace}: {_describe(error)}") from None
 
-    def _list_all(self, call: Any, kind: str) -> list[dict[str, Any]]:
-        """Every object of one kind, page by page."""
-        items: list[dict[str, Any]] = []
+    def _pages(self, call: Any, kind: str) -> Iterator[list[dict[str, Any]]]:
         token = None
         try:
             while True:
@@ -90,12 +96,13 @@ class ClusterApi:
                     limit=_PAGE_SIZE, _continue=token, _preload_content=False, _request_timeout=self._timeout
                 )
                 page = json.loads(response.data)
-                for item in page.get("items") or []:
+                items = page.get("items") or []
+                for item in items:
                     item["kind"] = kind  # list responses leave it out of their items
-                    items.append(item)
+                yield items
                 token = (page.get("metadata") or {}).get("continue")
                 if not token:
-                    return items
+                    return
         except API_ERRORS as error:
             raise ApiFailure(f"listing {kind} objects: {_describe(error)}") from None
 

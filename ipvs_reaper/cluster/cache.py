@@ -100,6 +100,38 @@ def _scope_of_broken(key: ObjectKey, body: Mapping[str, Any]) -> str | None:
     return f"{key.namespace}/{service}" if isinstance(service, str) and service else f"{key.namespace}/*"
 
 
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One listed or watched object, parsed: what the cache will hold for it."""
+
+    key: ObjectKey | None  # None: no readable name
+    held: (
+        Service | EndpointSlice | Node | BrokenObject | None
+    )  # None: nothing to hold (FQDN slice, other Node)
+    version: str | None
+
+
+def parse_object(kind: str, body: Mapping[str, Any], node_name: str) -> Parsed:
+    """Pure, so a listing can be parsed page by page in a thread and its raw JSON dropped at once."""
+    key = _key(kind, body)
+    if key is None:
+        return Parsed(None, None, None)
+    version = _resource_version(body)
+    if kind == NODE and key.name != node_name:
+        return Parsed(key, None, version)  # only this node's addresses carry NodePort virtual services here
+    held: Service | EndpointSlice | Node | BrokenObject | None
+    try:
+        if kind == SERVICE:
+            held = parse_service(body)
+        elif kind == ENDPOINT_SLICE:
+            held = parse_endpoint_slice(body)
+        else:
+            held = parse_node(body)
+    except ObjectError as error:
+        held = BrokenObject(key, str(error), _scope_of_broken(key, body))
+    return Parsed(key, held, version)
+
+
 class ClusterCache:
     def __init__(self, node_name: str, clock: Callable[[], float], max_silence: float) -> None:
         self._node_name = node_name
@@ -129,26 +161,31 @@ class ClusterCache:
         """Call before a listing starts; hand the result to `replace`."""
         return self._generation
 
+    def parse(self, kind: str, bodies: Iterable[Mapping[str, Any]]) -> list[Parsed]:
+        """Thread-safe: touches nothing of the cache."""
+        return [parse_object(kind, body, self._node_name) for body in bodies]
+
     def replace(self, kind: str, bodies: Iterable[Mapping[str, Any]], since: int | None = None) -> None:
         """A complete listing of one kind: whatever it does not contain is gone.
 
         With `since` (from `begin_listing`), objects the watch touched after the listing began keep the
         watch's state.
         """
+        self.replace_parsed(kind, self.parse(kind, bodies), since)
+
+    def replace_parsed(self, kind: str, entries: Iterable[Parsed], since: int | None = None) -> None:
         kept = {
             key: self._current(key)
             for key, generation in self._touched.items()
             if key.kind == kind and since is not None and generation > since
         }
         self._forget_kind(kind)
-        for body in bodies:
-            key = _key(kind, body)
-            if key is not None and key in kept:
-                continue
-            self._store(kind, body, key)
+        for entry in entries:
+            if entry.key is None or entry.key not in kept:
+                self._hold(kind, entry)
         for key, state in kept.items():
             if state is not None:
-                self._restore(key, state)
+                self._restore(key, *state)
         self._touched = {key: gen for key, gen in self._touched.items() if key.kind != kind or key in kept}
         self._listed.add(kind)
         self.heard_from(kind)
@@ -166,7 +203,7 @@ class ClusterCache:
             return NOTHING  # the same object again (a watch restarted and re-sent what exists)
         before, standing = self._affected_by(key), self._standing()
         self._forget(key)
-        self._store(kind, body, key)
+        self._hold(kind, parse_object(kind, body, self._node_name))
         self._touch(key)
         if self._standing() != standing:
             return EVERYTHING
@@ -227,6 +264,11 @@ class ClusterCache:
             problems=self._problems(),
             broken=self._broken_scopes(),
         )
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why the view must not be acted on now; empty when it may."""
+        return self._problems()
 
     def _problems(self) -> tuple[str, ...]:
         problems = [f"not listed yet: {kind}" for kind in KINDS if kind not in self._listed]
@@ -290,7 +332,9 @@ class ClusterCache:
         namespace, _, name = ref.partition("/")
         return frozenset(self._service_keys.get(ObjectKey(SERVICE, namespace, name), ()))
 
-    def _current(self, key: ObjectKey) -> tuple[object, str | None] | None:
+    def _current(
+        self, key: ObjectKey
+    ) -> tuple[Service | EndpointSlice | Node | BrokenObject, str | None] | None:
         """What the cache holds for `key` (to put back after a listing), None when nothing."""
         for held in (self._services.get(key), self._slices.get(key), self._broken.get(key)):
             if held is not None:
@@ -299,8 +343,9 @@ class ClusterCache:
             return self._node, self._versions.get(key)
         return None
 
-    def _restore(self, key: ObjectKey, state: tuple[object, str | None]) -> None:
-        held, version = state
+    def _restore(
+        self, key: ObjectKey, held: Service | EndpointSlice | Node | BrokenObject, version: str | None
+    ) -> None:
         if isinstance(held, BrokenObject):
             self._broken[key] = held
         elif isinstance(held, Service):
@@ -346,26 +391,11 @@ class ClusterCache:
         if key.kind == NODE and key.name == self._node_name:
             self._set_node(None)
 
-    def _store(self, kind: str, body: Mapping[str, Any], key: ObjectKey | None) -> None:
-        if key is None:
+    def _hold(self, kind: str, entry: Parsed) -> None:
+        if entry.key is None:
             self._nameless[kind] += 1
-            return
-        if kind == NODE and key.name != self._node_name:
-            return  # only this node's addresses carry NodePort virtual services here
-        try:
-            if kind == SERVICE:
-                self._put_service(key, parse_service(body))
-            elif kind == ENDPOINT_SLICE:
-                parsed = parse_endpoint_slice(body)
-                if parsed is not None:
-                    self._put_slice(key, parsed)
-            else:
-                self._set_node(parse_node(body))
-        except ObjectError as error:
-            self._broken[key] = BrokenObject(key, str(error), _scope_of_broken(key, body))
-        version = _resource_version(body)
-        if version is not None:
-            self._versions[key] = version
+        elif entry.held is not None:
+            self._restore(entry.key, entry.held, entry.version)
 
     def _node_addresses(self) -> tuple[Any, ...]:
         return self._node.addresses if self._node is not None else ()

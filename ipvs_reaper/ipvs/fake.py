@@ -7,17 +7,46 @@ kube-proxy can race the reaper on a real node.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import replace
 
 from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError
 from ipvs_reaper.values import IpvsTable, RealKey, RealServer, VirtualKey, VirtualService
 
 
+class RealServersByVirtual(MutableMapping[RealKey, RealServer]):
+    """Real servers kept per virtual service, so that reading one service costs its own size, as in the
+    kernel; a mapping by real-server key for tests that edit the table directly."""
+
+    def __init__(self, real_servers: Iterable[RealServer] = ()) -> None:
+        self.of: dict[VirtualKey, dict[RealKey, RealServer]] = {}
+        for rs in real_servers:
+            self[rs.key] = rs
+
+    def __getitem__(self, key: RealKey) -> RealServer:
+        return self.of[key.virtual][key]
+
+    def __setitem__(self, key: RealKey, value: RealServer) -> None:
+        self.of.setdefault(key.virtual, {})[key] = value
+
+    def __delitem__(self, key: RealKey) -> None:
+        group = self.of[key.virtual]
+        del group[key]
+        if not group:
+            del self.of[key.virtual]
+
+    def __iter__(self) -> Iterator[RealKey]:
+        for group in self.of.values():
+            yield from group
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self.of.values())
+
+
 class FakeIpvs:
     def __init__(self, table: IpvsTable | None = None) -> None:
         self.services: dict[VirtualKey, VirtualService] = {}
-        self.real_servers: dict[RealKey, RealServer] = {}
+        self.real_servers = RealServersByVirtual()
         self.deleted: list[RealKey] = []
         # Called with the key right before a delete is carried out: a test's stand-in for kube-proxy.
         self.before_delete: Callable[[RealKey], None] | None = None
@@ -27,20 +56,19 @@ class FakeIpvs:
 
     def load(self, table: IpvsTable) -> None:
         self.services = {svc.key: svc for svc in table.services}
-        self.real_servers = {rs.key: rs for rs in table.real_servers}
+        self.real_servers = RealServersByVirtual(table.real_servers)
 
     def set_weight(self, key: RealKey, weight: int) -> None:
         self.real_servers[key] = replace(self.real_servers[key], weight=weight)
 
     def read_table(self) -> IpvsTable:
-        return IpvsTable(
-            services=tuple(self.services.values()), real_servers=tuple(self.real_servers.values())
-        )
+        real_servers = tuple(rs for group in self.real_servers.of.values() for rs in group.values())
+        return IpvsTable(services=tuple(self.services.values()), real_servers=real_servers)
 
     def read_service(self, virtual: VirtualKey) -> tuple[RealServer, ...] | None:
         if virtual not in self.services:
             return None
-        return tuple(rs for key, rs in self.real_servers.items() if key.virtual == virtual)
+        return tuple(self.real_servers.of.get(virtual, {}).values())
 
     def delete_real_server(self, key: RealKey) -> DeleteOutcome:
         if self.before_delete is not None:

@@ -138,3 +138,20 @@ def test_small_reconciles_add_up_in_the_breaker() -> None:
     tick[0] = 61  # the window has passed
     result = reconciler.reconcile({WEB}, _cluster(*pods[10:]), Config())
     assert result.plan.refusal is None and len(fake.deleted) == 10
+
+
+def test_a_reconcile_says_when_each_waiting_virtual_service_becomes_due() -> None:
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=0)))
+    reconciler, _ = _reconciler(fake)
+    not_ready = cluster_state_from_items(
+        [
+            service("a", "web", ["10.96.0.2"], [port(80)]),
+            endpoint_slice(
+                "a", "web-1", "web", [port(8080)], [endpoint("10.1.0.1"), endpoint("10.1.0.2", False)]
+            ),
+            node("node-a", "192.168.49.2"),
+        ]
+    )
+    result = reconciler.reconcile({WEB}, not_ready, Config())
+    assert result.due == {WEB: T0 + timedelta(seconds=30)}  # the default not-ready grace
+    assert fake.deleted == []
