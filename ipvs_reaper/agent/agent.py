@@ -21,6 +21,7 @@ from typing import Any
 from ipvs_reaper.actor import ActionRecord, log_recorder
 from ipvs_reaper.agent.first_seen import FirstSeen
 from ipvs_reaper.agent.k8s_events import EventReporter
+from ipvs_reaper.agent.memory import heap_trimmer, settle_after_listing
 from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.agent.reconciler import Reconciler, ReconcileResult
@@ -89,6 +90,7 @@ class Agent:
         self._follow_up_step: dict[VirtualKey, int] = {}
         self._config_checked = float("-inf")
         self._last_refusal: str | None = None
+        self._release_memory = heap_trimmer()
         self.last_loop = clocks.monotonic()
         self.records: list[ActionRecord] = []  # the latest reconcile's, for tests and logs
 
@@ -147,6 +149,8 @@ class Agent:
                 self.metrics.errors.labels("list").inc()
                 return False
             self.cache.replace_parsed(kind, entries, since)
+            del entries
+        settle_after_listing(self._release_memory)
         self.request_sweep()
         return True
 
@@ -224,6 +228,7 @@ class Agent:
                 if await self._run("sweep", None, config):
                     jitter = self.options.sweep_jitter * self._rng.uniform(-1, 1)
                     next_sweep = now + self.options.sweep_interval * (1 + jitter)
+                    self._release_memory()  # the whole table was read
             else:
                 due = {key for key, at in self._follow_up_at.items() if at <= now}
                 for key in due:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,6 +22,8 @@ from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from ipvs_reaper.agent.agent import Agent
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE
+
+log = logging.getLogger(__name__)
 
 
 class _RetryForever:
@@ -62,6 +65,16 @@ class ForgetfulMemories(ResourceMemories):
         )
 
 
+def _stop_on_failure(task: asyncio.Task[None], memo: kopf.Memo) -> None:
+    """The loops never end on their own: one that failed is a bug. Stop the process (the DaemonSet restarts
+    it) rather than run on watching without reconciling."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("agent loop %s failed; stopping", task.get_name(), exc_info=task.exception())
+    memo.failure = f"agent loop {task.get_name()} failed: {task.exception()!r}"
+    memo.stop.set()
+
+
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -92,6 +105,8 @@ def build_registry() -> kopf.OperatorRegistry:
             asyncio.create_task(agent.heartbeat_forever(), name="heartbeat"),
             asyncio.create_task(agent.work_forever(), name="work"),
         ]
+        for task in memo.tasks:
+            task.add_done_callback(lambda done: _stop_on_failure(done, memo))
 
     @kopf.on.cleanup(registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:

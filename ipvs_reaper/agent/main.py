@@ -14,6 +14,7 @@ from ipvs_reaper.agent.health import start_health_server
 from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.cluster.api import ClusterApi, client_configuration
+from ipvs_reaper.errors import RuntimeFailure
 from ipvs_reaper.ipvs.backend import IpvsBackend
 from ipvs_reaper.kernel.sysctl import Sysctls
 
@@ -68,7 +69,8 @@ async def run_agent(
     if started is not None:
         started.set_result(agent)
     # kopf asks again after a 401: each login reads the (rotated) token anew.
-    memo = kopf.Memo(agent=agent, login=lambda: connection_info(configuration))
+    stop = stop or asyncio.Event()
+    memo = kopf.Memo(agent=agent, login=lambda: connection_info(configuration), stop=stop, failure=None)
     try:
         await kopf.operator(
             registry=build_registry(),
@@ -81,3 +83,5 @@ async def run_agent(
     finally:
         await health.cleanup()
         api.close()
+    if memo.failure is not None:
+        raise RuntimeFailure(memo.failure)

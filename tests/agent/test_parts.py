@@ -12,6 +12,7 @@ import pytest
 from ipvs_reaper.actor import ActionRecord, Outcome
 from ipvs_reaper.agent.first_seen import FirstSeen
 from ipvs_reaper.agent.k8s_events import EventReporter
+from ipvs_reaper.agent.memory import heap_trimmer, settle_after_listing
 from ipvs_reaper.agent.options import add_run_arguments, options_from_args
 from ipvs_reaper.agent.reconciler import Reconciler
 from ipvs_reaper.cluster.model import ClusterState
@@ -155,3 +156,18 @@ def test_a_reconcile_says_when_each_waiting_virtual_service_becomes_due() -> Non
     result = reconciler.reconcile({WEB}, not_ready, Config())
     assert result.due == {WEB: T0 + timedelta(seconds=30)}  # the default not-ready grace
     assert fake.deleted == []
+
+
+def test_after_a_listing_the_view_is_frozen_out_of_the_collectors_reach() -> None:
+    import gc
+
+    trims: list[int] = []
+    try:
+        settle_after_listing(lambda: trims.append(1))
+        assert gc.get_freeze_count() > 0 and trims == [1]
+        frozen = gc.get_freeze_count()
+        settle_after_listing(lambda: trims.append(1))  # the next listing unfreezes, collects, freezes again
+        assert 0 < gc.get_freeze_count() <= frozen + 1000
+    finally:
+        gc.unfreeze()
+    heap_trimmer()()  # trims the C heap where there is glibc, and never fails where there is none
