@@ -65,7 +65,8 @@ async def main(kubeconfig: str, services: int, events: int, port: int) -> None:
 
     def timed(kind: str, event_type: str | None, body: object) -> None:
         if kind == "EndpointSlice" and event_type == "MODIFIED":
-            emit(event=True, at=time.monotonic())
+            meta = body.get("metadata", {}) if isinstance(body, dict) else {}
+            emit(event=meta.get("name"), at=time.monotonic())
         on_event(kind, event_type, body)
 
     agent.on_event = timed  # type: ignore[method-assign]

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import kmock
 
-from bench.agent_cluster import ENDPOINTS, event_targets, node_body, service_body, slice_body
+from bench.agent_cluster import ENDPOINTS, event_targets, node_body, pod_ip, service_body, slice_body
 from tests.agent.harness import free_port, kubeconfig
 
 SERVICES = kmock.resource("", "v1", "services")
@@ -105,9 +105,11 @@ async def bench(services: int, events: int, idle: float) -> dict[str, Any]:
                 result["rss_after_idle_mib"] = round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)
                 latencies: list[float] = []
                 in_agent: list[float] = []  # from kopf handing the event to the agent
+                missed_events: list[str] = []
                 async with aiohttp.ClientSession(
                     headers={"Content-Type": "application/merge-patch+json"}
                 ) as s:
+                    arrived: dict[str, float] = {}  # deleted real server (or slice event) -> time
                     for i in event_targets(services, events):
                         body = slice_body(i, endpoints=ENDPOINTS - 1, version=1)
                         meta = body["metadata"]
@@ -116,13 +118,19 @@ async def bench(services: int, events: int, idle: float) -> dict[str, Any]:
                             assert response.status < 300
                             # The emulator has put the watch event on its bus before it answers.
                             emitted = time.monotonic()
-                        received = None
-                        while "deleted" not in (line := await asyncio.wait_for(queue.get(), 60)):
-                            received = line["at"]
-                        latencies.append(line["at"] - emitted)
-                        if received is not None:
-                            in_agent.append(line["at"] - received)
+                        wanted = f"-> {pod_ip(i, ENDPOINTS - 1)}:8080"
+                        deadline = emitted + 90  # past a sweep interval: a missed event is found by a sweep
+                        while wanted not in arrived and time.monotonic() < deadline:
+                            line = await asyncio.wait_for(queue.get(), deadline - time.monotonic())
+                            name = line.get("deleted") or line.get("event")
+                            arrived[f"{name}"[name.find("->") :] if "deleted" in line else name] = line["at"]
+                        latencies.append(arrived[wanted] - emitted)
+                        if meta["name"] in arrived:
+                            in_agent.append(arrived[wanted] - arrived[meta["name"]])
+                        else:
+                            missed_events.append(meta["name"])
                 result["events"] = events
+                result["events_never_handed_to_the_agent"] = missed_events
                 result.update(_percentiles("event_to_delete", latencies))
                 result.update(_percentiles("handler_to_delete", in_agent))
                 return result

@@ -24,7 +24,7 @@ from ipvs_reaper.agent.k8s_events import EventReporter
 from ipvs_reaper.agent.memory import heap_trimmer, settle_after_listing
 from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
-from ipvs_reaper.agent.reconciler import Reconciler, ReconcileResult
+from ipvs_reaper.agent.reconciler import Reconciler, ReconcileResult, weight_zero_services
 from ipvs_reaper.cluster.api import ApiFailure, ClusterApi
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache, Parsed
 from ipvs_reaper.config import Config
@@ -252,13 +252,17 @@ class Agent:
             return False  # no good config has been read: defaults could reap more than the operator meant
         started = self._clocks.monotonic()
         wanted = frozenset(keys) if keys is not None else None
-        view = self.cache.snapshot() if wanted is None else self.cache.view_for(wanted)
-        self.metrics.view_unusable.set(0 if view.usable else 1)
         try:
             if wanted is None:
-                result = await asyncio.to_thread(self.reconciler.sweep, view, config)
+                table = await asyncio.to_thread(self.reconciler.read_table)
+                # The part of the view for the weight-0 real servers' virtual services decides as the whole
+                # view would, at a cost in proportion to them rather than to the cluster.
+                view = self.cache.view_for(weight_zero_services(table))
+                result = await asyncio.to_thread(self.reconciler.sweep_table, table, view, config)
             else:
+                view = self.cache.view_for(wanted)
                 result = await asyncio.to_thread(self.reconciler.reconcile, wanted, view, config)
+            self.metrics.view_unusable.set(0 if view.usable else 1)
         except IpvsError as error:
             log.error("%s: reading the IPVS table failed, retrying at the next sweep: %s", trigger, error)
             self.metrics.errors.labels("ipvs").inc()

@@ -38,6 +38,11 @@ class ReconcileResult:
     due: Mapping[VirtualKey, datetime]
 
 
+def weight_zero_services(table: IpvsTable) -> frozenset[VirtualKey]:
+    """The virtual services a sweep decides for: only weight-0 real servers can be reaped."""
+    return frozenset(rs.key.virtual for rs in table.real_servers if rs.weight == 0)
+
+
 class Reconciler:
     def __init__(
         self,
@@ -66,8 +71,17 @@ class Reconciler:
 
     def sweep(self, cluster: ClusterState, config: Config) -> ReconcileResult:
         """The whole table. Raises IpvsError when it cannot be read."""
+        return self.sweep_table(self.read_table(), cluster, config)
+
+    def read_table(self) -> IpvsTable:
+        """Raises IpvsError."""
         table = self._backend.read_table()
         self.node_real_servers = len(table.real_servers)
+        return table
+
+    def sweep_table(self, table: IpvsTable, cluster: ClusterState, config: Config) -> ReconcileResult:
+        """Decide for every weight-0 real server of `table`; `cluster` needs to cover only their virtual
+        services (see `weight_zero_services`)."""
         result = self._run(table, cluster, config, node_total=None, describe_weighted=False)
         self._first_seen.update(None, result.plan.first_seen)
         return result

@@ -204,7 +204,8 @@ async def test_grace_runs_on_the_injected_clock(api: Any, tmp_path: Path) -> Non
         await seed(cluster, web_slice(endpoint("10.1.0.1"), endpoint("10.1.0.2", ready=False)))
         async with running(options(tmp_path, str(api.url)), fake, wall=wall) as agent:
             await eventually(lambda: not agent.not_ready_because(), what="ready")
-            await eventually(lambda: bool(agent.reconciler.node_real_servers), what="first sweep")
+            sweeps = agent.metrics.reconciles.labels("sweep")
+            await eventually(lambda: sweeps._value.get() >= 1, what="first sweep")
             wall.advance(29)
             agent.request_sweep()
             await asyncio.sleep(0.3)
