@@ -28,7 +28,7 @@ def emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def main(kubeconfig: str, services: int, events: int, port: int) -> None:
+async def main(kubeconfig: str, services: int, events: int, port: int, watch_timeout: float) -> None:
     fake = FakeIpvs(fake_table(services, events))
     original = fake.delete_real_server
 
@@ -50,7 +50,7 @@ async def main(kubeconfig: str, services: int, events: int, port: int) -> None:
         relist_interval=600.0,
         heartbeat_interval=30.0,
         max_silence=120.0,
-        watch_timeout=300.0,
+        watch_timeout=watch_timeout,
         follow_up_delays=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
         post_events=False,
         event_interval=60.0,
@@ -78,4 +78,4 @@ async def main(kubeconfig: str, services: int, events: int, port: int) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])))
