@@ -11,21 +11,8 @@ import pytest
 
 from ipvs_reaper.cluster.sources import load_cluster_api
 from ipvs_reaper.errors import RuntimeFailure
+from tests.agent.harness import kubeconfig
 from tests.builders import endpoint, endpoint_slice, node, port, service
-
-
-def kubeconfig(tmp_path: Path, url: str) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters: [{{name: c, cluster: {{server: "{url}"}}}}]
-users: [{{name: u, user: {{token: t}}}}]
-contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
-current-context: x
-"""
-    )
-    return str(path)
 
 
 def store(emulator: Any, resource: str, obj: dict[str, Any]) -> None:
