@@ -92,7 +92,6 @@ class Agent:
         self._last_refusal: str | None = None
         self._release_memory = heap_trimmer()
         self.last_loop = clocks.monotonic()
-        self.records: list[ActionRecord] = []  # the latest reconcile's, for tests and logs
 
     # --- feeding, from kopf's watch events -----------------------------------------------------------------
 
@@ -223,8 +222,9 @@ class Agent:
             now = self.last_loop = self._clocks.monotonic()
             config = self._refresh_config(now)
             if self._sweep_requested or now >= next_sweep:
+                # Pending event keys stay: their own reconcile after the sweep also starts the follow-ups
+                # a sweep does not (it leaves weighted real servers out).
                 self._sweep_requested = False
-                self._pending.clear()
                 if await self._run("sweep", None, config):
                     jitter = self.options.sweep_jitter * self._rng.uniform(-1, 1)
                     next_sweep = now + self.options.sweep_interval * (1 + jitter)
@@ -306,8 +306,6 @@ class Agent:
     def _record(self, record: ActionRecord) -> None:
         log_recorder(record)
         self.metrics.record(record)
-        self.records.append(record)
-        del self.records[:-1000]
 
     async def _post_events(self) -> None:
         if self._events is None:
