@@ -1,4 +1,6 @@
-"""`ipvs-reaper scan` and `ipvs-reaper reap --once`: read, plan, and report or apply, once."""
+"""ipvs-reaper: find and delete the stale weight-0 IPVS real servers kube-proxy leaves behind.
+
+`scan` reports, `reap --once` deletes once, `run` is the node agent (the DaemonSet's process)."""
 
 from __future__ import annotations
 
@@ -7,50 +9,88 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ipvs_reaper import package_version
 from ipvs_reaper.actor import apply_plan
 from ipvs_reaper.agent.options import add_run_arguments, options_from_args
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.sources import load_cluster_api, load_cluster_file
 from ipvs_reaper.config import Config, ConfigError, load_config
 from ipvs_reaper.errors import InputError, RuntimeFailure
+from ipvs_reaper.input_text import STDIN, read_input_text, source_name
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.ipvs.kernel import KernelIpvs
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
+from ipvs_reaper.kernel.addresses import AddressError, parse_node_addresses, read_local_addresses
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text, read_live_facts
 from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
+from ipvs_reaper.logs import configure_logging
 from ipvs_reaper.planner import Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.report import results_json, results_table, scan_json, scan_table
-from ipvs_reaper.values import IpvsTable
+from ipvs_reaper.values import IPAddress, IpvsTable
+
+log = logging.getLogger(__name__)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing (not None, not an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster-state",
         metavar="FILE|-",
-        help="output of `kubectl get services,endpointslices,nodes -A -o json` (default: the API)",
+        help="output of `kubectl get services,endpointslices,nodes -A -o json` or -o yaml "
+        "(default: listed from the API)",
     )
     parser.add_argument(
-        "--ipvs-table", metavar="FILE", help="text of /proc/net/ip_vs (default: the live table)"
+        "--ipvs-table",
+        metavar="FILE|-",
+        help="a copy of the node's /proc/net/ip_vs (default: the live table)",
     )
     parser.add_argument(
         "--node-name", help="the node whose table this is (default: $NODE_NAME, then the hostname)"
     )
+    parser.add_argument(
+        "--node-addresses",
+        metavar="FILE|-",
+        help="with --ipvs-table: the node's `ip -j addr` output (or `hostname -I`), the addresses kube-proxy "
+        "puts NodePorts on (default: the live node's, or only the Node object's with a table file)",
+    )
     parser.add_argument("--config", metavar="FILE", type=Path, help="grace policy and safety settings (YAML)")
     parser.add_argument(
-        "--policy", choices=[p.value for p in PolicyChoice], default=PolicyChoice.DEFAULT.value
+        "--policy",
+        choices=[p.value for p in PolicyChoice],
+        default=PolicyChoice.DEFAULT.value,
+        help="`immediate` ignores grace and connections, as home-made reapers do",
     )
     parser.add_argument("--all", action="store_true", help="list every real server, not only weight-0 ones")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.add_argument(
-        "--kubeconfig", metavar="FILE", help="kubeconfig for the API (default: in-cluster, then ~/.kube)"
+        "-o",
+        "--output",
+        choices=["table", "wide", "json"],
+        default="table",
+        help="table fits the terminal; wide adds columns and cuts nothing",
+    )
+    parser.add_argument("--no-headers", action="store_true", help="table: only the rows")
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig for the API (default: in-cluster, then ~/.kube/config)",
     )
     parser.add_argument(
         "--kernel-release",
@@ -63,20 +103,36 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         help="with --ipvs-table: the node's `uname -v` (Debian puts its real version there)",
     )
     parser.add_argument(
-        "--sysctls", metavar="FILE", help="with --ipvs-table: the node's `sysctl net.ipv4.vs` output"
+        "--sysctls", metavar="FILE|-", help="with --ipvs-table: the node's `sysctl net.ipv4.vs` output"
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipvs-reaper", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    scan = commands.add_parser("scan", help="report which weight-0 real servers are stale, and why")
+    parser = argparse.ArgumentParser(prog="ipvs-reaper", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{scan,reap,run}")
+    scan = commands.add_parser(
+        "scan",
+        help="report which weight-0 real servers are stale, and why",
+        description="Report which weight-0 real servers are stale, and why (reads only).",
+        formatter_class=_HelpFormatter,
+    )
     _add_inputs(scan)
-    reap = commands.add_parser("reap", help="delete stale weight-0 real servers from the live table")
+    reap = commands.add_parser(
+        "reap",
+        help="delete stale weight-0 real servers from the live table",
+        description="Delete stale weight-0 real servers from this node's live table, once.",
+        formatter_class=_HelpFormatter,
+    )
     _add_inputs(reap)
     reap.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
     reap.add_argument("--dry-run", action="store_true", help="decide and re-check everything, delete nothing")
-    run = commands.add_parser("run", help="the node agent: watch the cluster, reap continuously (DaemonSet)")
+    run = commands.add_parser(
+        "run",
+        help="the node agent: watch the cluster, reap continuously (DaemonSet)",
+        description="The node agent a DaemonSet runs: watch the cluster, reap this node's table for ever.",
+        formatter_class=_HelpFormatter,
+    )
     add_run_arguments(run)
     return parser
 
@@ -88,6 +144,7 @@ class NodeAccess:
     backend: IpvsBackend
     sysctls: Sysctls
     proc_kernel: Path = Path("/proc/sys/kernel")
+    local_addresses: Callable[[], tuple[IPAddress, ...]] = read_local_addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,37 +154,78 @@ class Gathered:
     cluster: ClusterState
     facts: KernelFacts
     config: Config
+    warnings: tuple[str, ...]
 
 
-def _read_input_file(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as error:
-        raise InputError(f"{path}: {error.strerror or error}") from None
+def _check_stdin(args: argparse.Namespace) -> None:
+    named = [
+        flag
+        for flag, value in (
+            ("--cluster-state", args.cluster_state),
+            ("--ipvs-table", args.ipvs_table),
+            ("--sysctls", args.sysctls),
+            ("--node-addresses", args.node_addresses),
+        )
+        if value == STDIN
+    ]
+    if len(named) > 1:
+        raise InputError(f"only one input can be read from standard input, not {' and '.join(named)}")
+
+
+def _node_warnings(node: str, cluster: ClusterState, local: tuple[IPAddress, ...]) -> list[str]:
+    if not cluster.usable or cluster.node(node) is not None:
+        return []
+    where = (
+        "they map only to its interface addresses"
+        if local
+        else "NodePort virtual services map to no Service and are kept"
+    )
+    return [f"no Node named {node!r} in the cluster state ({where}): is --node-name right?"]
 
 
 def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
+    _check_stdin(args)
     node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     config = load_config(args.config) if args.config else Config()
     if args.ipvs_table:
-        table = parse_proc_ip_vs(_read_input_file(args.ipvs_table), source=args.ipvs_table)
+        source = source_name(args.ipvs_table)
+        table = parse_proc_ip_vs(read_input_text(args.ipvs_table), source=source)
         sysctl_values = (
-            parse_sysctl_text(_read_input_file(args.sysctls), args.sysctls) if args.sysctls else {}
+            parse_sysctl_text(read_input_text(args.sysctls), source_name(args.sysctls))
+            if args.sysctls
+            else {}
         )
         facts = facts_from_input(args.kernel_release, args.kernel_version, sysctl_values)
+        local = (
+            parse_node_addresses(read_input_text(args.node_addresses), source_name(args.node_addresses))
+            if args.node_addresses
+            else ()
+        )
     else:
-        if args.kernel_release or args.kernel_version or args.sysctls:
+        if args.kernel_release or args.kernel_version or args.sysctls or args.node_addresses:
             raise InputError(
-                "--kernel-release, --kernel-version and --sysctls describe an --ipvs-table file; "
-                "the live table's kernel is read directly"
+                "--kernel-release, --kernel-version, --sysctls and --node-addresses describe an --ipvs-table "
+                "file; the live node's are read directly"
             )
         table = node_access.backend.read_table()
         facts = read_live_facts(node_access.sysctls, node_access.proc_kernel)
+        try:
+            local = node_access.local_addresses()
+        except AddressError as error:
+            raise RuntimeFailure(str(error)) from None
     if args.cluster_state:
         cluster = load_cluster_file(args.cluster_state)
     else:
         cluster = load_cluster_api(node, args.kubeconfig)
-    return Gathered(node=node, table=table, cluster=cluster, facts=facts, config=config)
+    warnings = [*_node_warnings(node, cluster, local), *cluster.broken.values()]
+    return Gathered(
+        node=node,
+        table=table,
+        cluster=cluster.with_local_addresses(node, local),
+        facts=facts,
+        config=config,
+        warnings=tuple(warnings),
+    )
 
 
 def _plan(gathered: Gathered, policy: str, show_all: bool) -> Plan:
@@ -152,8 +250,36 @@ def run_agent_command(args: argparse.Namespace, node_access: NodeAccess) -> int:
     from ipvs_reaper.agent.main import run_agent
 
     options = options_from_args(args)
-    asyncio.run(run_agent(options, node_access.backend, node_access.sysctls))
-    return 0
+    configure_logging(options.log_level, options.log_format)
+    return asyncio.run(
+        run_agent(options, node_access.backend, node_access.sysctls, node_access.local_addresses)
+    )
+
+
+class _Output:
+    """stdout that a closed pipe (`scan | head -1`) does not turn into a traceback: the rest is dropped, and
+    the command's own outcome (a reap has already happened) still decides the exit code."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def print(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            # Python flushes stdout again at exit and would complain there: point it at nothing.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+def _terminal_width() -> int | None:
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None  # a pipe or a file: whole lines
 
 
 def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
@@ -162,31 +288,48 @@ def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
     if args.command == "reap" and args.ipvs_table:
         raise InputError("reap acts on the live kernel table; --ipvs-table is for scan")
     gathered = _gather(args, node_access)
+    for warning in gathered.warnings:
+        log.warning("warning: %s", warning)
     plan = _plan(gathered, args.policy, args.all)
     verdict = exposure_verdict(gathered.facts)
-    if args.command == "scan":
+    out = _Output()
+
+    def report() -> str:
         if args.output == "json":
-            print(json.dumps(scan_json(gathered.node, gathered.facts, verdict, plan, args.all), indent=2))
-        else:
-            print(scan_table(gathered.node, gathered.facts, verdict, plan, args.all))
+            return ""
+        return scan_table(
+            gathered.node,
+            gathered.facts,
+            verdict,
+            plan,
+            args.all,
+            warnings=gathered.warnings,
+            width=_terminal_width(),
+            wide=args.output == "wide",
+            headers=not args.no_headers,
+        )
+
+    document = scan_json(gathered.node, gathered.facts, verdict, plan, args.all, gathered.warnings)
+    if args.command == "scan":
+        out.print(json.dumps(document, indent=2) if args.output == "json" else report())
         return 0
     result = apply_plan(
         plan, node_access.backend, node_access.sysctls, dry_run=args.dry_run, clock=lambda: datetime.now(UTC)
     )
     if args.output == "json":
-        document = scan_json(gathered.node, gathered.facts, verdict, plan, args.all) | results_json(result)
-        print(json.dumps(document, indent=2))
+        out.print(json.dumps(document | results_json(result), indent=2))
     else:
-        print(scan_table(gathered.node, gathered.facts, verdict, plan, args.all))
-        print()
-        print(results_table(result))
+        out.print(report())
+        if not args.no_headers:
+            out.print("")
+            out.print(results_table(result))
     if plan.refusal:
         print(f"ipvs-reaper: refused: {plan.refusal}", file=sys.stderr)
     return 1 if result.failed or plan.refusal else 0
 
 
 def main(argv: Sequence[str] | None = None, node_access: NodeAccess | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_logging("info", "text", plain=True)
     args = build_parser().parse_args(argv)
     kernel = None
     if node_access is None:
@@ -200,6 +343,9 @@ def main(argv: Sequence[str] | None = None, node_access: NodeAccess | None = Non
     except (RuntimeFailure, IpvsError, SysctlError) as error:
         print(f"ipvs-reaper: failed: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("ipvs-reaper: interrupted", file=sys.stderr)
+        return 130
     finally:
         if kernel is not None:
             kernel.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+from ipvs_reaper.yaml_text import LineDict, YamlTextError, load_strict
 
 
 class ConfigError(Exception):
@@ -126,51 +126,105 @@ class Config:
 
 _STATE_KEYS = {"gone": "gone", "terminating": "terminating", "notReady": "not_ready"}
 _RULE_KEYS = {"reap", "graceSeconds", "maxWaitSeconds"}
+_TOP_KEYS = {"policy", "namespaces", "expireNodestConn", "breaker"}
+_BREAKER_KEYS = {"maxShare", "minDeletions", "maxPerSweep"}
+# Bounds for every number, so no value (a typo, or a tenant's annotation) can overflow date arithmetic or
+# stand for "for ever": a year is longer than any sane grace, and `reap: never` or `maxWaitSeconds: null`
+# say "never" outright.
+MAX_SECONDS = 365 * 24 * 3600
+MAX_COUNT = 1_000_000
+# The annotation is a small mapping; the API allows 256 KiB of annotations, which the planner must not parse.
+MAX_ANNOTATION_BYTES = 4096
 
 
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Invalid(Exception):
+    """A bad key or value at `path` ("policy.gone.reap"), on `line` when the text said where."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def located(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _line(mapping: Mapping[str, Any], key: str) -> int | None:
+    return mapping.lines.get(key) if isinstance(mapping, LineDict) else None
+
+
+def _mapping(value: Any, path: str, line: int | None = None) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        raise _Invalid(path, f"expected a mapping, got {_kind(value)}", line)
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(f"{path}: keys must be strings, got {key!r}")
+            raise _Invalid(path, f"keys must be strings, got {key!r}", _line(value, key))
     return value
+
+
+def _kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else type(value).__name__
 
 
 def _check_keys(value: Mapping[str, Any], allowed: set[str] | dict[str, Any], path: str) -> None:
     for key in value:
         if key not in allowed:
-            raise ConfigError(f"{path}.{key}: unknown key (expected one of: {', '.join(sorted(allowed))})")
+            raise _Invalid(
+                _join(path, key),
+                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+                _line(value, key),
+            )
 
 
-def _seconds(value: Any, path: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{path}: expected a whole number of seconds >= 0, got {value!r}")
+def _whole(raw: Mapping[str, Any], key: str, path: str, least: int, most: int, unit: str) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise _Invalid(
+            _join(path, key),
+            f"expected a whole number of {unit} from {least} to {most}, got {_shown(value)}",
+            _line(raw, key),
+        )
     return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 E = TypeVar("E", bound=enum.StrEnum)
 
 
-def _enum(kind: type[E], value: Any, path: str) -> E:
+def _enum(kind: type[E], raw: Mapping[str, Any], key: str, path: str) -> E:
+    value = raw[key]
     try:
         return kind(value)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: an unhashable value (a list, a mapping)
         choices = ", ".join(member.value for member in kind)
-        raise ConfigError(f"{path}: expected one of {choices}, got {value!r}") from None
+        raise _Invalid(
+            _join(path, key), f"expected one of {choices}, got {_shown(value)}", _line(raw, key)
+        ) from None
 
 
-def _rule_override(value: Any, path: str) -> RuleOverride:
-    raw = _mapping(value, path)
+def _seconds(raw: Mapping[str, Any], key: str, path: str) -> int:
+    return _whole(raw, key, path, 0, MAX_SECONDS, "seconds")
+
+
+def _rule_override(raw_parent: Mapping[str, Any], key: str, path: str) -> RuleOverride:
+    path = _join(path, key)
+    raw = _mapping(raw_parent[key], path, _line(raw_parent, key))
     _check_keys(raw, _RULE_KEYS, path)
     override = RuleOverride(
-        reap=_enum(ReapMode, raw["reap"], f"{path}.reap") if "reap" in raw else None,
-        grace_seconds=_seconds(raw["graceSeconds"], f"{path}.graceSeconds")
-        if "graceSeconds" in raw
-        else None,
-        max_wait_seconds=_seconds(raw["maxWaitSeconds"], f"{path}.maxWaitSeconds")
+        reap=_enum(ReapMode, raw, "reap", path) if "reap" in raw else None,
+        grace_seconds=_seconds(raw, "graceSeconds", path) if "graceSeconds" in raw else None,
+        max_wait_seconds=_seconds(raw, "maxWaitSeconds", path)
         if raw.get("maxWaitSeconds") is not None
         else None,
         clear_max_wait="maxWaitSeconds" in raw and raw["maxWaitSeconds"] is None,
@@ -180,80 +234,105 @@ def _rule_override(value: Any, path: str) -> RuleOverride:
         and override.max_wait_seconds is not None
         and override.max_wait_seconds < override.grace_seconds
     ):
-        raise ConfigError(f"{path}.maxWaitSeconds: must not be less than graceSeconds")
+        raise _Invalid(
+            _join(path, "maxWaitSeconds"), "must not be less than graceSeconds", _line(raw, "maxWaitSeconds")
+        )
     return override
 
 
-def parse_policy_override(value: Any, path: str) -> PolicyOverride:
-    raw = _mapping(value, path)
+def _policy_override(value: Any, path: str, line: int | None = None) -> PolicyOverride:
+    raw = _mapping(value, path, line)
     _check_keys(raw, _STATE_KEYS, path)
-    rules = {
-        attr: _rule_override(raw[key], f"{path}.{key}") for key, attr in _STATE_KEYS.items() if key in raw
-    }
+    rules = {attr: _rule_override(raw, key, path) for key, attr in _STATE_KEYS.items() if key in raw}
     return PolicyOverride(**rules)
 
 
 def _check_rule(rule: Rule, path: str) -> None:
     if rule.max_wait_seconds is not None and rule.max_wait_seconds < rule.grace_seconds:
-        raise ConfigError(f"{path}.maxWaitSeconds: must not be less than graceSeconds")
+        raise _Invalid(f"{path}.maxWaitSeconds", "must not be less than graceSeconds")
 
 
-def parse_config(document: Any, source: str = "config") -> Config:
-    raw = _mapping(document, source)
-    _check_keys(raw, {"policy", "namespaces", "expireNodestConn", "breaker"}, source)
-    policy = parse_policy_override(raw.get("policy"), f"{source}: policy").apply(DEFAULT_POLICY)
-    for key, attr in _STATE_KEYS.items():
-        _check_rule(getattr(policy, attr), f"{source}: policy.{key}")
-    namespaces = {
-        name: parse_policy_override(value, f"{source}: namespaces.{name}")
-        for name, value in _mapping(raw.get("namespaces"), f"{source}: namespaces").items()
-    }
-    breaker_raw = _mapping(raw.get("breaker"), f"{source}: breaker")
-    _check_keys(breaker_raw, {"maxShare", "minDeletions", "maxPerSweep"}, f"{source}: breaker")
+def _breaker(raw: Mapping[str, Any]) -> Breaker:
     breaker = Breaker()
-    if "maxShare" in breaker_raw:
-        share = breaker_raw["maxShare"]
+    if "maxShare" in raw:
+        share = raw["maxShare"]
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
-            raise ConfigError(f"{source}: breaker.maxShare: expected a number in (0, 1], got {share!r}")
+            raise _Invalid(
+                "breaker.maxShare",
+                f"expected a number in (0, 1], got {_shown(share)}",
+                _line(raw, "maxShare"),
+            )
         breaker = replace(breaker, max_share=float(share))
-    for key, attr, least in (("minDeletions", "min_deletions", 0), ("maxPerSweep", "max_per_sweep", 1)):
-        if key in breaker_raw:
-            count = breaker_raw[key]
-            if isinstance(count, bool) or not isinstance(count, int) or count < least:
-                raise ConfigError(
-                    f"{source}: breaker.{key}: expected a whole number >= {least}, got {count!r}"
-                )
-            breaker = replace(breaker, **{attr: count})
+    if "minDeletions" in raw:
+        breaker = replace(
+            breaker, min_deletions=_whole(raw, "minDeletions", "breaker", 0, MAX_COUNT, "deletions")
+        )
+    if "maxPerSweep" in raw:
+        breaker = replace(
+            breaker, max_per_sweep=_whole(raw, "maxPerSweep", "breaker", 1, MAX_COUNT, "deletions")
+        )
+    return breaker
+
+
+def _config(document: Any) -> Config:
+    raw = _mapping(document, "", None)
+    _check_keys(raw, _TOP_KEYS, "")
+    policy = _policy_override(raw.get("policy"), "policy", _line(raw, "policy")).apply(DEFAULT_POLICY)
+    for key, attr in _STATE_KEYS.items():
+        _check_rule(getattr(policy, attr), f"policy.{key}")
+    names = _mapping(raw.get("namespaces"), "namespaces", _line(raw, "namespaces"))
+    namespaces = {
+        name: _policy_override(value, f"namespaces.{name}", _line(names, name))
+        for name, value in names.items()
+    }
+    breaker_raw = _mapping(raw.get("breaker"), "breaker", _line(raw, "breaker"))
+    _check_keys(breaker_raw, _BREAKER_KEYS, "breaker")
     return Config(
         policy=policy,
         namespaces=namespaces,
-        expire_nodest_conn=_enum(
-            SysctlMode, raw.get("expireNodestConn", "enforce"), f"{source}: expireNodestConn"
-        ),
-        breaker=breaker,
+        expire_nodest_conn=_enum(SysctlMode, raw, "expireNodestConn", "")
+        if "expireNodestConn" in raw
+        else SysctlMode.ENFORCE,
+        breaker=_breaker(breaker_raw),
     )
+
+
+def parse_config(document: Any, source: str = "config") -> Config:
+    """A parsed YAML document (plain dicts, or LineDicts that give errors their line)."""
+    try:
+        return _config(document)
+    except _Invalid as error:
+        raise ConfigError(f"{source}: {error.located()}") from None
 
 
 def parse_config_text(text: str | bytes, source: str) -> Config:
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: not valid YAML: {str(error).splitlines()[0]}") from None
+        document = load_strict(text)
+    except YamlTextError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None
     return parse_config(document, source)
 
 
 def load_config(path: Path) -> Config:
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from None
     return parse_config_text(text, str(path))
 
 
 def parse_annotation(text: str) -> PolicyOverride:
-    """The per-Service override `ipvs-reaper.io/policy`: a YAML or JSON mapping like the config's `policy`."""
+    """The per-Service override `ipvs-reaper.io/policy`: a YAML or JSON mapping like the config's `policy`.
+
+    Whatever a tenant writes here, the answer is a PolicyOverride within the bounds, or a ConfigError that
+    keeps only this Service's real servers."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_ANNOTATION_BYTES:
+        raise ConfigError(f"longer than {MAX_ANNOTATION_BYTES} bytes")
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"not valid YAML: {str(error).splitlines()[0]}") from None
-    return parse_policy_override(document, "annotation")
+        document = load_strict(text)
+    except YamlTextError as error:
+        raise ConfigError(f"not valid YAML: {error}") from None
+    try:
+        return _policy_override(document, "")
+    except _Invalid as error:
+        raise ConfigError(error.located()) from None

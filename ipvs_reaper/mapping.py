@@ -23,6 +23,8 @@ class EndpointState(enum.StrEnum):
     NOT_READY = "not-ready"
     GONE = "gone"
     UNMAPPED = "unmapped"
+    # The view cannot tell: it is unusable (incomplete, stale) or the part that would tell is unreadable.
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class EndpointStatus:
 
 _GONE = EndpointStatus(EndpointState.GONE)
 _UNMAPPED = EndpointStatus(EndpointState.UNMAPPED)
+UNKNOWN_STATUS = EndpointStatus(EndpointState.UNKNOWN)
 
 
 def _status_of(endpoint: Endpoint) -> EndpointStatus:

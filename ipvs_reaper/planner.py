@@ -26,7 +26,7 @@ from ipvs_reaper.config import (
     SysctlMode,
     parse_annotation,
 )
-from ipvs_reaper.mapping import ClusterIndex, EndpointState, EndpointStatus, Target
+from ipvs_reaper.mapping import UNKNOWN_STATUS, ClusterIndex, EndpointState, EndpointStatus, Target
 from ipvs_reaper.values import IpvsTable, RealKey, RealServer
 
 
@@ -160,9 +160,24 @@ def _apply_rule(
 def _decide(
     inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime, cache: _AnnotationCache
 ) -> Decision:
+    if not inputs.cluster.usable:
+        # Not even "maps to no Service" or "gone" is known from a view that is incomplete or stale.
+        return Decision(
+            rs,
+            None,
+            UNKNOWN_STATUS,
+            Action.KEEP,
+            f"cluster state unusable: {'; '.join(inputs.cluster.problems)}",
+        )
     target = index.target(rs.key.virtual)
-    status = index.endpoint_status(target, rs.key.address, rs.key.port)
     service = target.service.ref if target is not None else None
+    broken = inputs.cluster.broken
+    unreadable = (
+        broken.get(target.service.ref) or broken.get(f"{target.service.namespace}/*")
+        if target is not None
+        else None
+    )
+    status = UNKNOWN_STATUS if unreadable else index.endpoint_status(target, rs.key.address, rs.key.port)
 
     def keep(reason: str) -> Decision:
         return Decision(rs, service, status, Action.KEEP, reason)
@@ -178,10 +193,6 @@ def _decide(
                 "not ours to judge"
             )
         return keep("virtual service maps to no Service: not kube-proxy's, never touched")
-    if not inputs.cluster.usable:
-        return keep(f"cluster state unusable: {'; '.join(inputs.cluster.problems)}")
-    broken = inputs.cluster.broken
-    unreadable = broken.get(target.service.ref) or broken.get(f"{target.service.namespace}/*")
     if unreadable:
         return keep(f"part of {service}'s cluster view is unreadable: {unreadable}")
     if status.state is EndpointState.READY:
@@ -273,7 +284,9 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
             continue
         since = inputs.now
         if rs.weight == 0:
-            since = inputs.first_seen.get(rs.key, inputs.now)
+            # A clock from the future (a corrupt or hand-edited first-seen file) starts now: later reaping,
+            # never earlier, and no date arithmetic beyond the calendar.
+            since = min(inputs.first_seen.get(rs.key, inputs.now), inputs.now)
             first_seen[rs.key] = since
         decisions.append(_decide(inputs, index, rs, since, cache))
     decisions, needs_sysctl, sysctl_refusal = _gate_on_sysctl(inputs, decisions)

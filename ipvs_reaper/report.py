@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -54,77 +55,133 @@ def decision_json(decision: Decision) -> dict[str, Any]:
     }
 
 
-def scan_json(node: str, facts: KernelFacts, verdict: Verdict, plan: Plan, show_all: bool) -> dict[str, Any]:
+# Bumped when a field changes meaning or goes away; new fields may appear without a bump.
+SCHEMA_VERSION = 1
+
+
+def summary(plan: Plan, show_all: bool) -> dict[str, int]:
+    counts = Counter(d.action.value for d in listed(plan, show_all))
+    return {action: counts[action] for action in ("reap", "wait", "keep")}
+
+
+def scan_json(
+    node: str,
+    facts: KernelFacts,
+    verdict: Verdict,
+    plan: Plan,
+    show_all: bool,
+    warnings: Sequence[str] = (),
+) -> dict[str, Any]:
     return {
+        "schemaVersion": SCHEMA_VERSION,
         "node": node,
         "kernel": kernel_json(facts, verdict),
+        "refusal": plan.refusal,
+        "warnings": list(warnings),
+        "summary": summary(plan, show_all),
         "realServers": [decision_json(d) for d in listed(plan, show_all)],
     }
 
 
-def _columns(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    all_rows = [list(header), *(list(r) for r in rows)]
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header) - 1)]
-    return [
-        "   ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
-        for r in all_rows
-    ]
+def _columns(
+    header: Sequence[str] | None, rows: Iterable[Sequence[str]], width: int | None = None, gap: int = 3
+) -> list[str]:
+    """Aligned columns; with `width`, the last column is cut to fit (at least 20 characters of it stay)."""
+    all_rows = ([list(header)] if header else []) + [list(r) for r in rows]
+    if not all_rows:
+        return []
+    count = len(all_rows[0])
+    widths = [max(len(r[i]) for r in all_rows) for i in range(count - 1)]
+    room = None if width is None else max(20, width - sum(w + gap for w in widths))
+    lines = []
+    for r in all_rows:
+        last = r[-1] if room is None or len(r[-1]) <= room else r[-1][: room - 1] + "…"
+        cells = [*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), last]
+        lines.append((" " * gap).join(cells).rstrip())
+    return lines
+
+
+def _fold(label: str, text: str, width: int | None) -> list[str]:
+    """`LABEL:    text`, folded under itself to the terminal's width."""
+    if width is None:
+        return [f"{label:<11}{text}"]
+    return textwrap.wrap(text, max(40, width), initial_indent=f"{label:<11}", subsequent_indent=" " * 11)
 
 
 def _value(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
-def scan_table(node: str, facts: KernelFacts, verdict: Verdict, plan: Plan, show_all: bool) -> str:
+# The table shows what decides (InActConn never does, and the forwarding method seldom matters); -o wide
+# shows everything.
+_HEADER = ("PROTO", "VIRTUAL", "REAL", "WEIGHT", "ACTIVE", "SERVICE", "ENDPOINT", "DECISION", "REASON")
+_WIDE_HEADER = (
+    "PROTOCOL", "VIRTUAL", "REAL", "FORWARD", "WEIGHT", "ACTIVE", "INACTIVE", "SERVICE", "ENDPOINT",
+    "DECISION", "REAP-AFTER", "REASON",
+)  # fmt: skip
+
+
+def _row(d: Decision, wide: bool) -> tuple[str, ...]:
+    rs = d.real_server
+    virtual = (
+        rs.key.virtual.protocol.value,
+        str(rs.key.virtual),
+        format_endpoint(rs.key.address, rs.key.port),
+    )
+    decided = (d.service or "-", d.endpoint.state.value, d.action.value)
+    if wide:
+        counters = (rs.forward, str(rs.weight), str(rs.active_conns), str(rs.inactive_conns))
+        return (*virtual, *counters, *decided, _rfc3339(d.reap_after) or "-", d.reason)
+    reason = d.reason + (f" (after {_rfc3339(d.reap_after)})" if d.reap_after else "")
+    return (*virtual, str(rs.weight), str(rs.active_conns), *decided, reason)
+
+
+def scan_table(
+    node: str,
+    facts: KernelFacts,
+    verdict: Verdict,
+    plan: Plan,
+    show_all: bool,
+    *,
+    warnings: Sequence[str] = (),
+    width: int | None = None,
+    wide: bool = False,
+    headers: bool = True,
+) -> str:
+    """`width`: cut each row's reason to fit a terminal this wide (not with `wide`). Without `headers`, only
+    the rows, for scripts that read columns."""
     shown = listed(plan, show_all)
+    header = _WIDE_HEADER if wide else _HEADER
+    rows = _columns(
+        header if headers else None, [_row(d, wide) for d in shown], None if wide else width, 3 if wide else 2
+    )
+    if not headers:
+        return "\n".join(rows)
+    fold = None if wide else width
     lines = [
         f"NODE:      {node}",
-        f"KERNEL:    {facts.release or 'unknown'} ({facts.source})  "
-        f"conn_reuse_mode={_value(facts.conn_reuse_mode)} "
-        f"expire_nodest_conn={_value(facts.expire_nodest_conn)} "
-        f"expire_quiescent_template={_value(facts.expire_quiescent_template)}",
-        f"EXPOSURE:  {verdict.exposure.value}: {verdict.reason}",
+        *_fold(
+            "KERNEL:",
+            f"{facts.release or 'unknown'} ({facts.source})  "
+            f"conn_reuse_mode={_value(facts.conn_reuse_mode)} "
+            f"expire_nodest_conn={_value(facts.expire_nodest_conn)} "
+            f"expire_quiescent_template={_value(facts.expire_quiescent_template)}",
+            fold,
+        ),
+        *_fold("EXPOSURE:", f"{verdict.exposure.value}: {verdict.reason}", fold),
     ]
     if any(d.real_server.key.virtual.protocol.value == "UDP" and d.real_server.weight == 0 for d in shown):
-        lines.append(f"NOTE:      {UDP_NOTE}")
+        lines.extend(_fold("NOTE:", UDP_NOTE, fold))
+    for warning in warnings:
+        lines.extend(_fold("WARNING:", warning, fold))
     if plan.refusal:
-        lines.append(f"REFUSED:   {plan.refusal}")
+        lines.extend(_fold("REFUSED:", plan.refusal, fold))
     lines.append("")
-    header = (
-        "PROTOCOL",
-        "VIRTUAL",
-        "REAL",
-        "WEIGHT",
-        "ACTIVE",
-        "INACTIVE",
-        "SERVICE",
-        "ENDPOINT",
-        "DECISION",
-        "REASON",
-    )
-    rows = []
-    for d in shown:
-        rs = d.real_server
-        reason = d.reason + (f" (after {_rfc3339(d.reap_after)})" if d.reap_after else "")
-        rows.append(
-            (
-                rs.key.virtual.protocol.value,
-                str(rs.key.virtual),
-                format_endpoint(rs.key.address, rs.key.port),
-                str(rs.weight),
-                str(rs.active_conns),
-                str(rs.inactive_conns),
-                d.service or "-",
-                d.endpoint.state.value,
-                d.action.value,
-                reason,
-            )
-        )
-    if rows:
-        lines.extend(_columns(header, rows))
+    if shown:
+        lines.extend(rows)
     else:
         lines.append("No weight-0 real servers." if not show_all else "No real servers.")
-    counts = Counter(d.action.value for d in shown)
+    counts = summary(plan, show_all)
     lines.append("")
     lines.append(f"{counts['reap']} to reap, {counts['wait']} waiting, {counts['keep']} kept")
     return "\n".join(lines)

@@ -30,7 +30,18 @@ def scan_json(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, obje
 
 def test_scan_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     document = scan_json(capsys, "--kernel-release", "6.1.0-18-amd64", "--sysctls", "examples/sysctl.txt")
-    assert set(document) == {"node", "kernel", "realServers"}
+    assert set(document) == {
+        "schemaVersion",
+        "node",
+        "kernel",
+        "refusal",
+        "warnings",
+        "summary",
+        "realServers",
+    }
+    assert document["schemaVersion"] == 1
+    assert document["refusal"] is None and document["warnings"] == []
+    assert document["summary"] == {"reap": 5, "wait": 3, "keep": 2}
     assert document["node"] == "node-a"
     kernel = document["kernel"]
     assert isinstance(kernel, dict)
@@ -72,7 +83,7 @@ def test_scan_all_lists_weighted_real_servers(capsys: pytest.CaptureFixture[str]
 def test_scan_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scan", *OFFLINE, "--ipvs-table", "examples/ip_vs.txt"]) == 0
     out = capsys.readouterr().out
-    assert "PROTOCOL" in out and "shop/web" in out
+    assert "PROTO" in out and "shop/web" in out
     assert "5 to reap, 3 waiting, 2 kept" in out
 
 
@@ -127,7 +138,7 @@ def live(tmp_path: Path, nodest: int = 0, writable: bool = True) -> tuple[NodeAc
         {"conn_reuse_mode": 0, "expire_nodest_conn": nodest, "expire_quiescent_template": 1}, writable
     )
     (tmp_path / "osrelease").write_text("6.1.0-18-amd64\n")
-    return NodeAccess(fake, sysctls, proc_kernel=tmp_path), fake, sysctls
+    return NodeAccess(fake, sysctls, proc_kernel=tmp_path, local_addresses=lambda: ()), fake, sysctls
 
 
 def test_reap_once_fixes_the_incident_with_no_config(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipvs_reaper.cluster.parse import ObjectError, _ip, cluster_state_from_items
+from ipvs_reaper.cluster.parse import ObjectError, _ip, cluster_state_from_items, parse_service
 from ipvs_reaper.cluster.sources import load_cluster_file, parse_cluster_document
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.mapping import ClusterIndex, EndpointState
@@ -172,7 +172,7 @@ def test_a_view_without_services_or_slices_is_unusable() -> None:
     [
         (
             lambda s: s["endpoints"][0].update(addresses="10.1.0.1"),
-            "items[1] (EndpointSlice a/b-1): endpoints[0].addresses",
+            "endpoints[0].addresses: expected list",
         ),
         (
             lambda s: s["endpoints"][0]["addresses"].append("10.1.0.999"),
@@ -186,13 +186,18 @@ def test_a_view_without_services_or_slices_is_unusable() -> None:
         (lambda s: s.update(addressType="IPv5"), "addressType"),
     ],
 )
-def test_garbage_slice_is_an_error_naming_the_field(mutate: Any, message: str) -> None:
+def test_a_garbage_slice_keeps_only_its_service_and_says_which_field(mutate: Any, message: str) -> None:
     sl = endpoint_slice("a", "b-1", "b", [port(8080)], [endpoint("10.1.0.1")])
     mutate(sl)
-    document = json.dumps({"kind": "List", "items": [service("a", "b", ["10.96.0.2"], [port(80)]), sl]})
-    with pytest.raises(InputError, match=r"cluster.json: ") as caught:
-        parse_cluster_document(document, "cluster.json")
-    assert message in str(caught.value)
+    other = endpoint_slice("c", "d-1", "d", [port(8080)], [endpoint("10.1.0.2")])
+    items = [service("a", "b", ["10.96.0.2"], [port(80)]), sl, service("c", "d", ["10.96.0.3"], [port(80)])]
+    items.append(other)
+    state = parse_cluster_document(json.dumps({"kind": "List", "items": items}), "cluster.json")
+    assert state.usable
+    assert set(state.broken) == {"a/b"}
+    assert message in state.broken["a/b"]
+    assert state.broken["a/b"].startswith("items[1] (EndpointSlice a/b-1) cannot be read")
+    assert [s.name for s in state.slices] == ["d-1"]
 
 
 @pytest.mark.parametrize(
@@ -211,22 +216,64 @@ def test_garbage_slice_is_an_error_naming_the_field(mutate: Any, message: str) -
         ),
     ],
 )
-def test_garbage_service_is_an_error_naming_the_field(mutate: Any, message: str) -> None:
+def test_a_garbage_service_makes_the_view_unusable_and_says_which_field(mutate: Any, message: str) -> None:
+    # It could claim any address, so nothing can be decided: the view is refused, with the reason.
     svc = service("a", "b", ["10.96.0.2"], [port(80)])
     mutate(svc)
     document = json.dumps({"kind": "List", "items": [svc, endpoint_slice("a", "b-1", "b", [port(8080)], [])]})
-    with pytest.raises(InputError, match=r"cluster.json: items\[0\] \(Service a/b\): ") as caught:
-        parse_cluster_document(document, "cluster.json")
-    assert message in str(caught.value)
+    state = parse_cluster_document(document, "cluster.json")
+    assert not state.usable
+    (problem,) = state.problems
+    assert problem.startswith("items[0] (Service a/b) cannot be read (")
+    assert message in problem
 
 
-def test_garbage_documents() -> None:
-    with pytest.raises(InputError, match=r"not valid JSON or YAML"):
-        parse_cluster_document("{ not json", "c.json")
-    with pytest.raises(InputError, match=r"expected a List"):
-        parse_cluster_document('{"kind": "Service"}', "c.json")
-    with pytest.raises(InputError, match=r"No such file"):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{ not json", "c.json: not valid JSON: line 1: Expecting property name"),
+        ('{\n  "items": [\n    1,\n  ]\n}', "c.json: not valid JSON: line 4:"),
+        ("items:\n  - kind: Service\n   bad: indent\n", "c.json: not valid YAML: line 3:"),
+        ('{"kind": "Service"}', "c.json: a single Service, not a List: export everything with `kubectl get"),
+        ("[1, 2]", "c.json: expected a List with 'items'"),
+        ("[" * 100_000, "c.json: nested too deeply"),
+        ('{"items": ' + "[" * 100_000, "c.json: "),
+    ],
+)
+def test_garbage_documents(text: str, message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_cluster_document(text, "c.json")
+    assert str(caught.value).startswith(message)
+
+
+def test_unreadable_files_name_themselves(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"/nonexistent/cluster.json: No such file"):
         load_cluster_file("/nonexistent/cluster.json")
+    binary = tmp_path / "cluster.bin"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe")
+    with pytest.raises(InputError, match=r"cluster.bin: not text"):
+        load_cluster_file(str(binary))
+
+
+def test_an_export_of_legacy_endpoints_says_to_export_endpointslices() -> None:
+    endpoints = {"kind": "Endpoints", "metadata": {"namespace": "a", "name": "b"}, "subsets": []}
+    state = cluster_state_from_items([service("a", "b", ["10.96.0.2"], [port(80)]), endpoints])
+    assert not state.usable
+    assert "has legacy Endpoints instead; export `endpointslices`" in state.problems[0]
+
+
+def test_an_item_that_is_not_an_object_makes_the_view_unusable() -> None:
+    state = cluster_state_from_items(
+        [service("a", "b", ["10.96.0.2"], [port(80)]), endpoint_slice("a", "b", "b", [], []), "junk"]
+    )
+    assert state.problems == ("items[2] is not an object: it could be anything",)
+
+
+def test_a_non_string_policy_annotation_is_a_field_error() -> None:
+    svc = service("a", "b", ["10.96.0.2"], [port(80)])
+    svc["metadata"]["annotations"] = {"ipvs-reaper.io/policy": {"gone": {"reap": "always"}}}
+    with pytest.raises(ObjectError, match=r"ipvs-reaper\.io/policy: expected a string"):
+        parse_service(svc)
 
 
 def test_yaml_export_reads_like_json(examples: Path) -> None:

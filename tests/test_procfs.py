@@ -10,6 +10,8 @@ from ipvs_reaper.values import IpvsTable, Protocol, VirtualKey
 from tests.ipvsadm_text import list_counters, parse_restore_format, rows, table_counters
 from tests.strategies import tables
 
+HEADER = "IP Virtual Server version 1.2.1 (size=4096)\n"
+
 
 def test_kernel_capture_matches_ipvsadm_restore_format(fixtures: Path) -> None:
     table = parse_proc_ip_vs((fixtures / "proc-net-ip_vs.txt").read_text())
@@ -54,7 +56,11 @@ def test_render_then_parse_is_identity(table: IpvsTable) -> None:
 
 
 def test_fwmark_family_comes_from_its_first_real_server() -> None:
-    text = "FWM  00000007 wlc \n  -> [fd00::1]:0000      Route   1      0          0         \n"
+    text = (
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "FWM  00000007 wlc \n"
+        "  -> [FD00:0000:0000:0000:0000:0000:0000:0001]:0000      Route   1      0          0\n"
+    )
     table = parse_proc_ip_vs(text)
     assert table.services[0].key.family == 6
     assert table.real_servers[0].key.virtual == table.services[0].key
@@ -63,19 +69,61 @@ def test_fwmark_family_comes_from_its_first_real_server() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
-        ("TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq 1 0\n", 2, "real-server line"),
-        ("  -> 0A000002:0050 Masq 1 0 0\n", 1, "before any virtual service"),
-        ("ICMP  0A000001:0050 rr\n", 1, "unknown protocol"),
-        ("TCP  0A0001:0050 rr\n", 1, "8 hex digits"),
-        ("TCP  0A000001:1FFFF rr\n", 1, "out of range"),
-        ("TCP  0A000001:0050 rr bogus\n", 1, "unknown service flags"),
-        ("TCP  [fd00::1:0050 rr\n", 1, "unterminated"),
-        ("TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq x 0 0\n", 2, "invalid literal"),
+        ("TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq 1 0\n", 3, "real-server line"),
+        ("  -> 0A000002:0050 Masq 1 0 0\n", 2, "before any virtual service"),
+        ("ICMP  0A000001:0050 rr\n", 2, "unknown protocol"),
+        ("TCP  0A0001:0050 rr\n", 2, "8 hex digits"),
+        ("TCP  0A000001:1FFFF rr\n", 2, "4 hex digits for a port"),
+        ("TCP  0A000001:0050 rr bogus\n", 2, "unknown service flags"),
+        ("TCP  [fd00::1:0050 rr\n", 2, "ipvsadm"),
+        ("TCP  [FD00:0000:0000:0000:0000:0000:0000:0001:0050 rr\n", 2, "exploded IPv6 address"),
+        ("TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq x 0 0\n", 3, "weight: expected a whole number"),
+        ("TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq -1 0 0\n", 3, "weight -1 out of range"),
+        (
+            "TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq 4294967296 0 0\n",
+            3,
+            "weight 4294967296 out of range",
+        ),
+        ("TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq 1 18446744073709551616 0\n", 3, "ActiveConn"),
+        ("TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq 1 0 -9223372036854775809\n", 3, "InActConn"),
+        ("TCP  0A000001:+050 rr\n", 2, "4 hex digits for a port"),
+        ("FWM  7 rr\n", 2, "8 hex digits for a firewall mark"),
     ],
 )
 def test_bad_lines_name_the_line(text: str, line: int, message: str) -> None:
     with pytest.raises(TableParseError) as caught:
-        parse_proc_ip_vs(text, source="node.txt")
+        parse_proc_ip_vs(HEADER + text, source="node.txt")
     assert caught.value.line_number == line
     assert message in str(caught.value)
     assert str(caught.value).startswith(f"node.txt: line {line}:")
+
+
+def test_a_counter_bug_showing_a_negative_count_still_reads() -> None:
+    # Kernels have shown negative InActConn; refusing the table would stop the reaper on that node.
+    text = "TCP  0A000001:0050 rr\n  -> 0A000002:0050 Masq 0 -1 -3\n"
+    (rs,) = parse_proc_ip_vs(HEADER + text).real_servers
+    assert (rs.active_conns, rs.inactive_conns) == (-1, -3)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "line 1: empty: a copy of /proc/net/ip_vs starts with 'IP Virtual Server version'"),
+        ("\n\n", "line 1: empty"),
+        ("hello\n", "line 1: expected 'IP Virtual Server version ...'"),
+        ("-A -t 10.96.0.1:443 -s rr\n", "line 1: this looks like `ipvsadm` output"),
+    ],
+)
+def test_what_is_not_a_proc_table_is_refused(text: str, message: str) -> None:
+    with pytest.raises(TableParseError) as caught:
+        parse_proc_ip_vs(text, source="node.txt")
+    assert str(caught.value) == f"node.txt: {message}" or str(caught.value).startswith(f"node.txt: {message}")
+
+
+def test_ipvsadm_list_output_is_refused_with_a_hint(fixtures: Path) -> None:
+    # Its header is the kernel's, and its IPv6 lines would parse as hex with wrong ports: refused by form.
+    with pytest.raises(TableParseError, match="looks like `ipvsadm` output"):
+        parse_proc_ip_vs((fixtures / "ipvsadm-Ln.txt").read_text())
+    ipv6_only = HEADER + "TCP  [fd00:10:96::a]:80 rr\n  -> [fd00:10:244:2::7]:8080 Masq 0 0 0\n"
+    with pytest.raises(TableParseError, match="looks like `ipvsadm` output"):
+        parse_proc_ip_vs(ipv6_only)

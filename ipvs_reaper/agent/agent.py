@@ -30,8 +30,9 @@ from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, C
 from ipvs_reaper.config import Config
 from ipvs_reaper.config_reload import ReloadingConfig
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
+from ipvs_reaper.kernel.addresses import AddressError
 from ipvs_reaper.kernel.sysctl import Sysctls
-from ipvs_reaper.values import VirtualKey
+from ipvs_reaper.values import IPAddress, VirtualKey
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Agent:
         api: ClusterApi,
         backend: IpvsBackend,
         sysctls: Sysctls,
+        local_addresses: Callable[[], tuple[IPAddress, ...]],
         metrics: AgentMetrics,
         clocks: Clocks | None = None,
         rng: random.Random | None = None,
@@ -62,6 +64,7 @@ class Agent:
         self.options = options
         self.metrics = metrics
         self._api = api
+        self._local_addresses = local_addresses
         self._clocks = clocks = clocks or Clocks()
         self._rng = rng or random.Random()
         self.cache = ClusterCache(options.node_name, clocks.monotonic, options.max_silence)
@@ -90,8 +93,13 @@ class Agent:
         self._follow_up_step: dict[VirtualKey, int] = {}
         self._config_checked = float("-inf")
         self._last_refusal: str | None = None
+        # What was last said about readiness, listings and addresses: one log line per change, not per try.
+        self._said_not_ready: tuple[str, ...] | None = None
+        self._listing_failed = False
+        self._address_error: str | None = None
         self._release_memory = heap_trimmer()
         self.last_loop = clocks.monotonic()
+        self._refresh_config(clocks.monotonic())  # readiness says why from the first request on
 
     # --- feeding, from kopf's watch events -----------------------------------------------------------------
 
@@ -121,10 +129,22 @@ class Agent:
         reasons = list(problems)
         state = self.config.state
         if state.config is None:
-            reasons.append(f"no good config yet: {state.error}")
+            reasons.append(f"no good config yet: {state.error or 'not read yet'}")
         self.metrics.ready.set(0 if reasons else 1)
         self.metrics.view_unusable.set(1 if problems else 0)
         return reasons
+
+    def _say_readiness(self) -> None:
+        reasons = tuple(self.not_ready_because())
+        if reasons == self._said_not_ready:
+            return
+        if reasons:
+            log.warning("not ready, reaping nothing: %s", "; ".join(reasons))
+        elif self._said_not_ready is not None:
+            log.info("ready: reaping")
+        else:
+            log.info("ready")
+        self._said_not_ready = reasons
 
     def alive(self) -> bool:
         """The work loop has come round recently (it wakes at least once per sweep interval)."""
@@ -144,11 +164,19 @@ class Agent:
                 # Parsed page by page in the thread: only one page of raw JSON is held at a time.
                 entries = await asyncio.to_thread(self._parse_pages, kind, pages)
             except ApiFailure as error:
-                log.error("re-list failed, keeping the current view until it ages out: %s", error)
                 self.metrics.errors.labels("list").inc()
+                if not self._listing_failed:
+                    if self.cache.ready:
+                        log.error("re-list failed, keeping the current view until it ages out: %s", error)
+                    else:
+                        log.error("listing failed, nothing is reaped until one completes: %s", error)
+                self._listing_failed = True
                 return False
             self.cache.replace_parsed(kind, entries, since)
             del entries
+        if self._listing_failed:
+            log.info("listing complete again")
+        self._listing_failed = False
         settle_after_listing(self._release_memory)
         self.request_sweep()
         return True
@@ -210,7 +238,6 @@ class Agent:
             if not self.cache.ready:
                 # Nothing to decide before the first complete listing; it requests the first sweep.
                 self.last_loop = now
-                self._refresh_config(now)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=_CONFIG_POLL)
                 self._wake.clear()
@@ -220,7 +247,7 @@ class Agent:
                     await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, deadline - now))
             self._wake.clear()
             now = self.last_loop = self._clocks.monotonic()
-            config = self._refresh_config(now)
+            config = self.config.state.config
             if self._sweep_requested or now >= next_sweep:
                 # Pending event keys stay: their own reconcile after the sweep also starts the follow-ups
                 # a sweep does not (it leaves weighted real servers out).
@@ -238,6 +265,18 @@ class Agent:
                     await self._run("event" if not due else "follow-up", keys, config)
             await self._post_events()
 
+    async def config_forever(self) -> None:
+        """Re-read the config and say what changed about readiness; runs from the start, whatever the API
+        does, so a bad config is reported while the first listing is still failing."""
+        while True:
+            now = self._clocks.monotonic()
+            before = self.config.state.config
+            config = self._refresh_config(now)
+            if config is not None and config != before:
+                self.request_sweep()  # decide again under the new policy now, not at the next sweep
+            self._say_readiness()
+            await asyncio.sleep(_CONFIG_POLL)
+
     def _refresh_config(self, now: float) -> Config | None:
         if now - self._config_checked >= _CONFIG_POLL:
             self._config_checked = now
@@ -245,6 +284,22 @@ class Agent:
             self.metrics.config_error.set(1 if state.error else 0)
             self.metrics.config_missing.set(1 if state.config is None else 0)
         return self.config.state.config
+
+    async def _read_local_addresses(self) -> None:
+        """The node's interface addresses (kube-proxy's NodePort addresses); on failure the last ones read
+        stay, and NodePorts on an address not known are kept, never reaped."""
+        try:
+            addresses = await asyncio.to_thread(self._local_addresses)
+        except AddressError as error:
+            if self._address_error != str(error):
+                log.error("%s; NodePorts map only to the addresses already known", error)
+            self._address_error = str(error)
+            self.metrics.errors.labels("addresses").inc()
+            return
+        if self._address_error is not None:
+            log.info("the node's addresses can be read again")
+        self._address_error = None
+        self.cache.set_local_addresses(addresses)
 
     async def _run(self, trigger: str, keys: Iterable[VirtualKey] | None, config: Config | None) -> bool:
         """One reconcile; False when it could not run (no config, no table)."""
@@ -254,6 +309,7 @@ class Agent:
         wanted = frozenset(keys) if keys is not None else None
         try:
             if wanted is None:
+                await self._read_local_addresses()
                 table = await asyncio.to_thread(self.reconciler.read_table)
                 # The part of the view for the weight-0 real servers' virtual services decides as the whole
                 # view would, at a cost in proportion to them rather than to the cluster.

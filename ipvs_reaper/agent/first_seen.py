@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ipvs_reaper.values import Protocol, RealKey, VirtualKey
 
@@ -25,6 +26,13 @@ def _encode(key: RealKey) -> str:
     address = virtual.address.compressed if virtual.address is not None else ""
     fields = (virtual.protocol.value, virtual.family, address, virtual.port, virtual.fwmark)
     return " ".join(map(str, (*fields, key.address.compressed, key.port)))
+
+
+def _moment(text: Any) -> datetime:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return when
 
 
 def _decode(text: str) -> RealKey:
@@ -78,11 +86,11 @@ class FirstSeen:
     def _load(self) -> dict[RealKey, datetime]:
         assert self._path is not None
         try:
-            raw = json.loads(self._path.read_text())
-            return {_decode(key): datetime.fromisoformat(when) for key, when in raw.items()}
+            raw = json.loads(self._path.read_bytes())
+            return {_decode(key): _moment(when) for key, when in raw.items()}
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, AttributeError, TypeError) as error:
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError) as error:
             log.error("first-seen file %s unreadable, grace clocks start now: %s", self._path, error)
             return {}
 

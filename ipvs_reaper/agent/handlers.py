@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -75,6 +78,27 @@ def _stop_on_failure(task: asyncio.Task[None], memo: kopf.Memo) -> None:
     memo.stop.set()
 
 
+def _take_over_signals(stop: asyncio.Event) -> None:
+    """kopf's own handlers set a future's result, and a second SIGTERM or Ctrl-C sets it again and fails with
+    InvalidStateError. Ours: the first signal stops gracefully (through the stop flag), the second at once."""
+    loop = asyncio.get_event_loop()
+
+    def on_signal(number: int) -> None:
+        name = signal.Signals(number).name
+        if not stop.is_set():
+            log.info("%s received: stopping (again to stop at once)", name)
+            stop.set()
+            return
+        log.warning("%s received again: stopping at once", name)
+        logging.shutdown()
+        os._exit(128 + number)
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread's loop (tests run the agent elsewhere)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, on_signal, number)
+
+
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -82,6 +106,8 @@ def build_registry() -> kopf.OperatorRegistry:
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         agent: Agent = memo.agent
         options = agent.options
+        # After kopf's own handlers: its task that installs them resumes before this callback runs.
+        asyncio.get_running_loop().call_soon(_take_over_signals, memo.stop)
         settings.peering.standalone = True
         settings.scanning.disabled = True
         settings.posting.enabled = False

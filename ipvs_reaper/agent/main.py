@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+from collections.abc import Callable
 
 import kopf
 from kubernetes import client
 
+from ipvs_reaper import package_version
 from ipvs_reaper.agent.agent import Agent, Clocks
 from ipvs_reaper.agent.handlers import ForgetfulMemories, build_registry
 from ipvs_reaper.agent.health import start_health_server
@@ -17,6 +21,7 @@ from ipvs_reaper.cluster.api import ClusterApi, client_configuration
 from ipvs_reaper.errors import RuntimeFailure
 from ipvs_reaper.ipvs.backend import IpvsBackend
 from ipvs_reaper.kernel.sysctl import Sysctls
+from ipvs_reaper.values import IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +52,41 @@ async def run_agent(
     options: AgentOptions,
     backend: IpvsBackend,
     sysctls: Sysctls,
+    local_addresses: Callable[[], tuple[IPAddress, ...]],
     *,
     stop: asyncio.Event | None = None,
     clocks: Clocks | None = None,
     started: asyncio.Future[Agent] | None = None,
-) -> None:
-    """Runs until `stop` is set (or a signal stops kopf). `started` receives the agent, for tests."""
+) -> int:
+    """Runs until `stop` is set (or a signal stops it); returns the exit code. `started` receives the agent,
+    for tests."""
     configuration = client_configuration(options.kubeconfig)
     api = ClusterApi(configuration)
     agent = Agent(
-        options, api=api, backend=backend, sysctls=sysctls, metrics=AgentMetrics(), clocks=clocks or Clocks()
+        options,
+        api=api,
+        backend=backend,
+        sysctls=sysctls,
+        local_addresses=local_addresses,
+        metrics=AgentMetrics(),
+        clocks=clocks or Clocks(),
     )
-    health = await start_health_server(agent, options.listen_host, options.listen_port)
+    try:
+        health = await start_health_server(agent, options.listen_host, options.listen_port)
+    except OSError as error:
+        api.close()
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise RuntimeFailure(f"--listen {options.listen_host}:{options.listen_port}: {reason}") from None
     log.info(
-        "ipvs-reaper agent on node %s%s; health and metrics on %s:%d",
+        "ipvs-reaper %s on node %s%s; health and metrics on %s:%d",
+        package_version(),
         options.node_name,
         " (dry-run)" if options.dry_run else "",
         options.listen_host,
         options.listen_port,
     )
+    # Config problems are reported at once and whatever the API does: this loop does not wait for a listing.
+    config_task = asyncio.create_task(agent.config_forever(), name="config")
     if started is not None:
         started.set_result(agent)
     # kopf asks again after a 401: each login reads the (rotated) token anew.
@@ -81,7 +102,12 @@ async def run_agent(
             stop_flag=stop,
         )
     finally:
+        config_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await config_task
         await health.cleanup()
         api.close()
     if memo.failure is not None:
         raise RuntimeFailure(memo.failure)
+    log.info("stopped")
+    return 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipvs_reaper.errors import InputError
+from ipvs_reaper.logs import FORMATS, LEVELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +38,18 @@ class AgentOptions:
     post_events: bool
     event_interval: float  # at most one Event per Service this often; the rest are added to the next one
     first_seen_file: Path | None
+    log_level: str = "info"
+    log_format: str = "text"
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    parser.add_argument("--node-name", default=env("NODE_NAME"), help="this node (default: $NODE_NAME)")
+    parser.add_argument(
+        "--node-name",
+        default=env("NODE_NAME"),
+        help="this node; must be a Node's name, or the agent never becomes ready "
+        "(default: $NODE_NAME, then the hostname)",
+    )
     parser.add_argument(
         "--config", metavar="FILE", type=Path, help="the mounted ConfigMap's file, re-read live"
     )
@@ -50,9 +58,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", default="0.0.0.0:9808", metavar="HOST:PORT", help="/healthz, /readyz and /metrics"
     )
-    parser.add_argument("--sweep-interval", type=float, default=60.0, metavar="SECONDS")
-    parser.add_argument("--relist-interval", type=float, default=600.0, metavar="SECONDS")
-    parser.add_argument("--heartbeat-interval", type=float, default=30.0, metavar="SECONDS")
+    parser.add_argument(
+        "--sweep-interval", type=float, default=60.0, metavar="SECONDS", help="whole-table sweeps, ±10 %%"
+    )
+    parser.add_argument(
+        "--relist-interval",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="full listings, which drop what the watch missed",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a read of this node's Node that proves the API answers",
+    )
     parser.add_argument(
         "--max-silence",
         type=float,
@@ -60,17 +82,33 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="pause reaping when the API has not answered for this long",
     )
-    parser.add_argument("--watch-timeout", type=float, default=300.0, metavar="SECONDS")
+    parser.add_argument(
+        "--watch-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="each watch request's server timeout",
+    )
     parser.add_argument(
         "--post-events", action="store_true", help="post a Kubernetes Event on the Service for each reap"
     )
-    parser.add_argument("--event-interval", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument(
+        "--event-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="at most one Event per Service this often",
+    )
     parser.add_argument(
         "--first-seen-file",
         type=Path,
         metavar="FILE",
         help="keep grace clocks across restarts in this node-local file",
     )
+    parser.add_argument(
+        "--log-level", choices=LEVELS, default="info", help="info: one line per state change and per deletion"
+    )
+    parser.add_argument("--log-format", choices=FORMATS, default="text", help="json: one object per line")
 
 
 def _positive(value: float, flag: str) -> float:
@@ -104,4 +142,6 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         post_events=args.post_events,
         event_interval=_positive(args.event_interval, "--event-interval"),
         first_seen_file=args.first_seen_file,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )

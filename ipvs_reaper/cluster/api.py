@@ -7,15 +7,20 @@ Every call is blocking; the agent runs them in a thread.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from urllib3.exceptions import HTTPError
+from kubernetes.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION
+from urllib3.exceptions import HTTPError, MaxRetryError
 
-from ipvs_reaper.errors import RuntimeFailure
+from ipvs_reaper.errors import InputError, RuntimeFailure
+from ipvs_reaper.input_text import read_input_text
+from ipvs_reaper.yaml_text import yaml_error_text
 
 _PAGE_SIZE = 500
 # What a transport or server failure can raise from the client.
@@ -26,19 +31,55 @@ class ApiFailure(RuntimeFailure):
     """The API could not be reached or refused a request."""
 
 
-def client_configuration(kubeconfig: str | None) -> client.Configuration:
-    """In-cluster service account first, then the kubeconfig (the given file, or the default one)."""
-    configuration = client.Configuration()
+def _kubeconfig_path(given: str | None) -> str | None:
+    """The one kubeconfig file to read, or None when the client should merge a $KUBECONFIG list itself."""
+    if given is not None:
+        return given
+    listed = os.environ.get("KUBECONFIG", "")
+    if os.pathsep in listed:
+        return None
+    return listed or os.path.expanduser(KUBE_CONFIG_DEFAULT_LOCATION)
+
+
+def _check_kubeconfig(path: str) -> None:
+    """The file's own faults as input errors naming it: the client raises whatever its parser hits."""
     try:
-        if kubeconfig is None:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-                return configuration
-            except ConfigException:
-                pass
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    except (ConfigException, OSError) as error:
-        raise RuntimeFailure(f"no Kubernetes credentials (in-cluster or kubeconfig): {error}") from None
+        document = yaml.safe_load(read_input_text(path))
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not a kubeconfig: not valid YAML: {yaml_error_text(error)}") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: not a kubeconfig: expected a mapping with clusters, users and contexts")
+
+
+def client_configuration(kubeconfig: str | None) -> client.Configuration:
+    """In-cluster service account first, then the kubeconfig (the given file, or the default one).
+
+    Raises InputError for a kubeconfig that cannot be used (naming it), RuntimeFailure when there are no
+    credentials at all."""
+    configuration = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            return configuration
+        except ConfigException:
+            pass
+    path = _kubeconfig_path(kubeconfig)
+    if path is not None and kubeconfig is None and not os.path.exists(path):
+        raise RuntimeFailure(
+            f"no Kubernetes credentials: not running in a cluster, and no kubeconfig at {path} "
+            "(give one with --kubeconfig or $KUBECONFIG)"
+        )
+    if path is not None:
+        _check_kubeconfig(path)
+    try:
+        config.load_kube_config(config_file=path, client_configuration=configuration)
+    except ConfigException as error:
+        raise InputError(f"{path or '$KUBECONFIG'}: not a usable kubeconfig: {error}") from None
+    except (TypeError, AttributeError, KeyError, ValueError, OSError) as error:
+        # The client indexes the document without checking its shape.
+        raise InputError(
+            f"{path or '$KUBECONFIG'}: not a usable kubeconfig ({type(error).__name__}: {error})"
+        ) from None
     return configuration
 
 
@@ -110,4 +151,7 @@ class ClusterApi:
 def _describe(error: Exception) -> str:
     if isinstance(error, ApiException):
         return f"HTTP {error.status} {error.reason}"
+    if isinstance(error, MaxRetryError) and error.reason is not None:
+        # "Max retries exceeded with url ... (Caused by ...)": the cause alone is what a person needs.
+        return f"{error.url}: {error.reason}"
     return str(error) or type(error).__name__

@@ -28,14 +28,14 @@ from typing import Any
 
 from ipvs_reaper.cluster.model import ClusterState, EndpointSlice, Node, Service
 from ipvs_reaper.cluster.parse import (
-    SERVICE_NAME_LABEL,
     ObjectError,
+    broken_scope,
     parse_endpoint_slice,
     parse_node,
     parse_service,
 )
 from ipvs_reaper.mapping import service_virtual_keys
-from ipvs_reaper.values import VirtualKey
+from ipvs_reaper.values import IPAddress, VirtualKey
 
 SERVICE, ENDPOINT_SLICE, NODE = "Service", "EndpointSlice", "Node"
 KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
@@ -88,18 +88,6 @@ def _key(kind: str, body: Any) -> ObjectKey | None:
     return ObjectKey(kind, namespace, name)
 
 
-def _scope_of_broken(key: ObjectKey, body: Mapping[str, Any]) -> str | None:
-    if key.kind == SERVICE:
-        return None
-    if key.kind == NODE:
-        # Without our Node its NodePort virtual services map to nothing, and unmapped ones are kept anyway.
-        return f"node/{key.name}"
-    meta = body.get("metadata")
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
-    return f"{key.namespace}/{service}" if isinstance(service, str) and service else f"{key.namespace}/*"
-
-
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """One listed or watched object, parsed: what the cache will hold for it."""
@@ -128,7 +116,7 @@ def parse_object(kind: str, body: Mapping[str, Any], node_name: str) -> Parsed:
         else:
             held = parse_node(body)
     except ObjectError as error:
-        held = BrokenObject(key, str(error), _scope_of_broken(key, body))
+        held = BrokenObject(key, str(error), broken_scope(key.kind, key.namespace, key.name, body))
     return Parsed(key, held, version)
 
 
@@ -140,6 +128,8 @@ class ClusterCache:
         self._services: dict[ObjectKey, Service] = {}
         self._slices: dict[ObjectKey, EndpointSlice] = {}
         self._node: Node | None = None
+        # The node's interface addresses (kube-proxy's NodePort addresses), added to the Node's own.
+        self._local_addresses: tuple[IPAddress, ...] = ()
         self._broken: dict[ObjectKey, BrokenObject] = {}
         # Objects without a readable name cannot be updated or deleted by key; a listing clears them.
         self._nameless: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -220,6 +210,15 @@ class ClusterCache:
         self._touch(key)
         return EVERYTHING if self._standing() != standing else before
 
+    def set_local_addresses(self, addresses: tuple[IPAddress, ...]) -> Affected:
+        """The node's interface addresses changed (or were read for the first time): NodePorts move."""
+        if addresses == self._local_addresses:
+            return NOTHING
+        before = self._node_addresses()
+        self._local_addresses = addresses
+        self._reclaim(before)
+        return EVERYTHING
+
     def heard_from(self, kind: str) -> None:
         """An event, a bookmark or a listing of `kind`: the watch is alive."""
         self._heard[kind] = self._clock()
@@ -242,10 +241,14 @@ class ClusterCache:
         return ClusterState(
             services=tuple(self._services.values()),
             slices=tuple(self._slices.values()),
-            nodes=(self._node,) if self._node is not None else (),
+            nodes=self._node_view(),
             problems=self._problems(),
             broken=self._broken_scopes(),
         )
+
+    def _node_view(self) -> tuple[Node, ...]:
+        addresses = self._node_addresses()
+        return (Node(self._node_name, addresses),) if addresses or self._node is not None else ()
 
     def view_for(self, keys: Iterable[VirtualKey]) -> ClusterState:
         """The part of the view that decides these virtual services: every Service claiming one of them,
@@ -260,7 +263,7 @@ class ClusterCache:
         return ClusterState(
             services=tuple(self._services[key] for key in services if key in self._services),
             slices=tuple(self._slices[key] for key in slices if key in self._slices),
-            nodes=(self._node,) if self._node is not None else (),
+            nodes=self._node_view(),
             problems=self._problems(),
             broken=self._broken_scopes(),
         )
@@ -282,6 +285,11 @@ class ClusterCache:
                 for kind in (SERVICE, ENDPOINT_SLICE)
                 if not self._has(kind)
             ]
+            if self._node is None and not any(b.key.kind == NODE for b in self.broken):
+                # A wrong --node-name/$NODE_NAME: the node's NodePorts would map to nothing, silently.
+                problems.append(
+                    f"the API has no Node named {self._node_name!r}: is --node-name (or $NODE_NAME) right?"
+                )
         problems += [
             f"{b.key} cannot be read ({b.message}): it could claim any address"
             for b in self.broken
@@ -303,9 +311,10 @@ class ClusterCache:
         held = self._services if kind == SERVICE else self._slices
         return bool(held) or any(b.key.kind == kind for b in self.broken)
 
-    def _standing(self) -> tuple[bool, frozenset[str | None]]:
-        """What every decision rests on: the view's usability and which scopes are unreadable."""
-        return not self._problems(), frozenset(b.scope for b in self._broken.values())
+    def _standing(self) -> tuple[tuple[str, ...], frozenset[str | None]]:
+        """What every decision rests on: the view's problems (an unusable view's decisions all quote them)
+        and which scopes are unreadable."""
+        return self._problems(), frozenset(b.scope for b in self._broken.values())
 
     def _touch(self, key: ObjectKey) -> None:
         self._generation += 1
@@ -397,8 +406,9 @@ class ClusterCache:
         elif entry.held is not None:
             self._restore(entry.key, entry.held, entry.version)
 
-    def _node_addresses(self) -> tuple[Any, ...]:
-        return self._node.addresses if self._node is not None else ()
+    def _node_addresses(self) -> tuple[IPAddress, ...]:
+        own = self._node.addresses if self._node is not None else ()
+        return (*own, *(a for a in self._local_addresses if a not in own))
 
     def _put_service(self, key: ObjectKey, service: Service) -> None:
         self._services[key] = service
@@ -412,10 +422,15 @@ class ClusterCache:
         self._slices_of[endpoint_slice.service_ref].add(key)
 
     def _set_node(self, node: Node | None) -> None:
-        moved = (node.addresses if node is not None else ()) != self._node_addresses()
+        before = self._node_addresses()
         self._node = node
-        if moved:  # NodePort virtual services live on the node's addresses: claim them anew
-            self._claims.clear()
-            self._service_keys.clear()
-            for key, service in self._services.items():
-                self._put_service(key, service)
+        self._reclaim(before)
+
+    def _reclaim(self, before: tuple[IPAddress, ...]) -> None:
+        if self._node_addresses() == before:
+            return
+        # NodePort virtual services live on the node's addresses: claim them anew.
+        self._claims.clear()
+        self._service_keys.clear()
+        for key, service in self._services.items():
+            self._put_service(key, service)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ipvs_reaper.values import IPAddress, Protocol
 
@@ -85,3 +85,13 @@ class ClusterState:
 
     def node(self, name: str) -> Node | None:
         return next((node for node in self.nodes if node.name == name), None)
+
+    def with_local_addresses(self, node_name: str, addresses: tuple[IPAddress, ...]) -> ClusterState:
+        """The view with the node's own interface addresses added to its Node: kube-proxy builds NodePort
+        virtual services on those, not only on the addresses the Node object lists."""
+        if not addresses:
+            return self
+        node = self.node(node_name)
+        known = node.addresses if node is not None else ()
+        merged = Node(node_name, (*known, *(a for a in addresses if a not in known)))
+        return replace(self, nodes=(*(n for n in self.nodes if n.name != node_name), merged))

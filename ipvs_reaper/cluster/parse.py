@@ -135,6 +135,10 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
             field = f"spec.ports[{i}].{error.field}" if error.field else f"spec.ports[{i}]"
             raise ObjectError(field, error.message) from None
     annotations = _get(meta, "annotations", "metadata", dict, {})
+    annotation = annotations.get(POLICY_ANNOTATION)
+    if annotation is not None and not isinstance(annotation, str):
+        # The API stores annotations as strings; only a hand-made export can get here.
+        raise ObjectError(f"metadata.annotations.{POLICY_ANNOTATION}", "expected a string")
     return Service(
         namespace=namespace,
         name=name,
@@ -142,7 +146,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
         external_ips=external_ips,
         load_balancer_ips=tuple(lb_ips),
         ports=tuple(ports),
-        policy_annotation=annotations.get(POLICY_ANNOTATION),
+        policy_annotation=annotation,
     )
 
 
@@ -231,13 +235,19 @@ def parse_node(obj: Mapping[str, Any]) -> Node:
 _KIND_PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice, "Node": parse_node}
 
 
-@dataclass(frozen=True, slots=True)
-class ItemError(Exception):
-    where: str
-    error: ObjectError
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.error}"
+def broken_scope(kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> str | None:
+    """What an object that cannot be read makes untouchable: its Service's real servers (a Service ref), its
+    namespace's ("namespace/*") when not even its Service can be told, or everything (None) for a Service,
+    which could claim any address."""
+    if kind == "Service":
+        return None
+    if kind == "Node":
+        # Without the Node its NodePort virtual services map to nothing, and unmapped ones are kept anyway.
+        return f"node/{name}"
+    meta = body.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    return f"{namespace}/{service}" if isinstance(service, str) and service else f"{namespace}/*"
 
 
 def _describe(index: int, item: Mapping[str, Any]) -> str:
@@ -247,24 +257,47 @@ def _describe(index: int, item: Mapping[str, Any]) -> str:
     return f"items[{index}] ({item.get('kind', '?')} {name or '?'})"
 
 
+def _namespace(item: Mapping[str, Any]) -> str:
+    meta = item.get("metadata")
+    namespace = meta.get("namespace") if isinstance(meta, dict) else None
+    return namespace if isinstance(namespace, str) else ""
+
+
 def cluster_state_from_items(items: list[Any]) -> ClusterState:
-    """Build a ClusterState from a kubectl-style list of items (a file, or the API's listings joined)."""
+    """Build a ClusterState from a kubectl-style list of items (a file, or the API's listings joined).
+
+    An item that cannot be read costs only what it could decide: a bad EndpointSlice keeps its Service's
+    real servers, a bad Service (or an item that is not an object at all) makes the whole view unusable.
+    """
     services: list[Service] = []
     slices: list[EndpointSlice] = []
     nodes: list[Node] = []
     seen: set[str] = set()
+    problems: list[str] = []
+    broken: dict[str, str] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ItemError(f"items[{index}]", ObjectError("", "expected an object"))
+            problems.append(f"items[{index}] is not an object: it could be anything")
+            continue
         kind = item.get("kind")
         parser = _KIND_PARSERS.get(kind) if isinstance(kind, str) else None
         if parser is None:
+            if kind == "Endpoints":
+                seen.add("Endpoints")
             continue
         seen.add(str(kind))
         try:
             parsed = parser(item)
         except ObjectError as error:
-            raise ItemError(_describe(index, item), error) from None
+            meta = item.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            scope = broken_scope(str(kind), _namespace(item), str(name), item)
+            message = f"{_describe(index, item)} cannot be read ({error})"
+            if scope is None:
+                problems.append(f"{message}: it could claim any address")
+            else:
+                broken[scope] = message
+            continue
         if isinstance(parsed, Service):
             services.append(parsed)
         elif isinstance(parsed, EndpointSlice):
@@ -273,11 +306,19 @@ def cluster_state_from_items(items: list[Any]) -> ClusterState:
             nodes.append(parsed)
     # Every real cluster has the `kubernetes` Service and its EndpointSlice; a view without either kind is
     # a partial export or listing, and acting on it would make every endpoint look gone.
-    problems = [
-        f"the cluster state has no {kind} objects (incomplete export?)"
-        for kind in ("Service", "EndpointSlice")
-        if kind not in seen
-    ]
+    for missing in ("Service", "EndpointSlice"):
+        if missing not in seen:
+            hint = (
+                ": it has legacy Endpoints instead; export `endpointslices` "
+                "(kubectl get services,endpointslices,nodes -A -o json)"
+                if missing == "EndpointSlice" and "Endpoints" in seen
+                else " (incomplete export?)"
+            )
+            problems.append(f"the cluster state has no {missing} objects{hint}")
     return ClusterState(
-        services=tuple(services), slices=tuple(slices), nodes=tuple(nodes), problems=tuple(problems)
+        services=tuple(services),
+        slices=tuple(slices),
+        nodes=tuple(nodes),
+        problems=tuple(problems),
+        broken=broken,
     )

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import yaml
 
 from ipvs_reaper.cluster.api import ApiFailure, ClusterApi, client_configuration
 from ipvs_reaper.cluster.model import ClusterState
-from ipvs_reaper.cluster.parse import ItemError, cluster_state_from_items
+from ipvs_reaper.cluster.parse import cluster_state_from_items
 from ipvs_reaper.errors import InputError, RuntimeFailure
-
-
-def _read_text(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text()
-    except OSError as error:
-        raise InputError(f"{path}: {error.strerror or error}") from None
+from ipvs_reaper.input_text import read_input_text, source_name
+from ipvs_reaper.yaml_text import yaml_error_text
 
 
 def parse_cluster_document(text: str, source: str) -> ClusterState:
@@ -28,18 +19,24 @@ def parse_cluster_document(text: str, source: str) -> ClusterState:
     try:
         # JSON is YAML, but the JSON parser is much faster on a large cluster's export.
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise InputError(f"{source}: not valid JSON or YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
-        raise InputError(f"{source}: expected a List with 'items' (kubectl get ... -o json)")
-    try:
+    except json.JSONDecodeError as error:
+        raise InputError(f"{source}: not valid JSON: line {error.lineno}: {error.msg}") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{source}: not valid YAML: {yaml_error_text(error)}") from None
+    except RecursionError:
+        raise InputError(f"{source}: nested too deeply to be a kubectl export") from None
+    if isinstance(document, dict) and isinstance(document.get("items"), list):
         return cluster_state_from_items(document["items"])
-    except ItemError as error:
-        raise InputError(f"{source}: {error}") from None
+    if isinstance(document, dict) and isinstance(document.get("kind"), str):
+        raise InputError(
+            f"{source}: a single {document['kind']}, not a List: export everything with "
+            "`kubectl get services,endpointslices,nodes -A -o json`"
+        )
+    raise InputError(f"{source}: expected a List with 'items' (kubectl get ... -o json)")
 
 
 def load_cluster_file(path: str) -> ClusterState:
-    return parse_cluster_document(_read_text(path), "<stdin>" if path == "-" else path)
+    return parse_cluster_document(read_input_text(path), source_name(path))
 
 
 def load_cluster_api(node_name: str, kubeconfig: str | None = None) -> ClusterState:
@@ -54,7 +51,4 @@ def load_cluster_api(node_name: str, kubeconfig: str | None = None) -> ClusterSt
         api.close()
     if node is not None:
         items.append(node)
-    try:
-        return cluster_state_from_items(items)
-    except ItemError as error:
-        raise RuntimeFailure(f"the API returned an object we cannot read: {error}") from None
+    return cluster_state_from_items(items)

@@ -34,23 +34,52 @@ class TableParseError(Exception):
         return f"{self.source}: line {self.line_number}: {self.message}"
 
 
+HEADER = "IP Virtual Server version"
+# The kernel keeps weights in an int and refuses negative ones; counters are kernel ints too, but a counter
+# bug that shows a negative count must not stop the reaper reading the table (a non-zero ActiveConn only
+# ever makes it wait), so counters are bounded to 64 bits rather than to the kernel's type.
+_MAX_WEIGHT = 2**31 - 1
+_COUNTER_RANGE = (-(2**63), 2**64 - 1)
+_HEX = frozenset("0123456789abcdefABCDEF")
+# What `ipvsadm -Ln` or `-Sn` print instead: dotted or compressed addresses, decimal ports, `-A -t ...`.
+_IPVSADM_HINT = (
+    "this looks like `ipvsadm` output, not /proc/net/ip_vs: give a copy of the kernel's table "
+    "(`cat /proc/net/ip_vs`), whose hex form is what the kernel itself prints"
+)
+
+
+def _hex(text: str, digits: int, what: str) -> int:
+    if len(text) != digits or not _HEX.issuperset(text):
+        raise ValueError(f"expected {digits} hex digits for {what}, got {text!r}")
+    return int(text, 16)
+
+
 def _parse_hex_endpoint(text: str) -> tuple[IPAddress, int]:
     address_text, sep, port_text = text.rpartition(":")
     if not sep:
         raise ValueError(f"expected ADDRESS:PORT, got {text!r}")
-    port = int(port_text, 16)
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port {port_text!r} out of range")
+    port = _hex(port_text, 4, "a port")
     address: IPAddress
     if address_text.startswith("["):
-        if not address_text.endswith("]"):
-            raise ValueError(f"unterminated IPv6 address in {text!r}")
-        address = ipaddress.IPv6Address(address_text[1:-1])
+        # The kernel prints IPv6 exploded (8 groups of 4 digits); anything else is not its text.
+        inner = address_text[1:-1]
+        groups = inner.split(":")
+        if not address_text.endswith("]") or len(groups) != 8:
+            raise ValueError(f"expected an exploded IPv6 address in brackets, got {address_text!r}")
+        address = ipaddress.IPv6Address(b"".join(_hex(g, 4, "an IPv6 group").to_bytes(2) for g in groups))
     else:
-        if len(address_text) != 8:
-            raise ValueError(f"expected 8 hex digits for an IPv4 address, got {address_text!r}")
-        address = ipaddress.IPv4Address(int(address_text, 16))
+        address = ipaddress.IPv4Address(_hex(address_text, 8, "an IPv4 address"))
     return address, port
+
+
+def _number(text: str, what: str, least: int, most: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{what}: expected a whole number, got {text!r}") from None
+    if not least <= value <= most:
+        raise ValueError(f"{what} {value} out of range ({least} to {most})")
+    return value
 
 
 def _parse_service_line(words: list[str]) -> VirtualService:
@@ -58,7 +87,7 @@ def _parse_service_line(words: list[str]) -> VirtualService:
     if len(words) < 3:
         raise ValueError("a service line needs a protocol, an address and a scheduler")
     if kind == "FWM":
-        key = VirtualKey.firewall_mark(int(words[1], 16))
+        key = VirtualKey.firewall_mark(_hex(words[1], 8, "a firewall mark"))
     elif kind in _SERVICE_PROTOCOLS:
         address, port = _parse_hex_endpoint(words[1])
         key = VirtualKey.inet(_SERVICE_PROTOCOLS[kind], address, port)
@@ -84,13 +113,33 @@ def _parse_real_line(words: list[str], virtual: VirtualKey) -> RealServer:
     return RealServer(
         key=RealKey(virtual=virtual, address=address, port=port),
         forward=words[2],
-        weight=int(words[3]),
-        active_conns=int(words[4]),
-        inactive_conns=int(words[5]),
+        weight=_number(words[3], "weight", 0, _MAX_WEIGHT),
+        active_conns=_number(words[4], "ActiveConn", *_COUNTER_RANGE),
+        inactive_conns=_number(words[5], "InActConn", *_COUNTER_RANGE),
     )
 
 
+def _looks_like_ipvsadm(line: str) -> bool:
+    words = line.split()
+    if words[:1] in (["-A"], ["-a"]):
+        return True
+    # The kernel's table has no dots and no `::` in its addresses (hex IPv4, exploded IPv6).
+    return len(words) > 1 and ("." in words[1] or "::" in words[1])
+
+
 def parse_proc_ip_vs(text: str, source: str = "/proc/net/ip_vs") -> IpvsTable:
+    """The table; raises TableParseError naming the line. A real /proc/net/ip_vs always starts with its
+    version line, so text without it (an empty file, another command's output) is refused."""
+    first = next((number for number, line in enumerate(text.splitlines(), start=1) if line.strip()), None)
+    if first is None:
+        raise TableParseError(source, 1, f"empty: a copy of /proc/net/ip_vs starts with '{HEADER}'")
+    if not text.lstrip().startswith(HEADER):
+        hint = (
+            _IPVSADM_HINT
+            if _looks_like_ipvsadm(text.lstrip().splitlines()[0])
+            else (f"expected '{HEADER} ...' (is this a copy of /proc/net/ip_vs?)")
+        )
+        raise TableParseError(source, first, hint)
     services: list[VirtualService] = []
     real_servers: list[RealServer] = []
     current: VirtualService | None = None
@@ -119,7 +168,8 @@ def parse_proc_ip_vs(text: str, source: str = "/proc/net/ip_vs") -> IpvsTable:
                 first_real_seen = False
                 services.append(current)
         except ValueError as error:
-            raise TableParseError(source, number, str(error)) from None
+            message = _IPVSADM_HINT if _looks_like_ipvsadm(line) else str(error)
+            raise TableParseError(source, number, message) from None
     return IpvsTable(services=tuple(services), real_servers=tuple(real_servers))
 
 

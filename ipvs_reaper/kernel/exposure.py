@@ -86,17 +86,23 @@ def weight0_fix_status(release: str | None, version: str | None) -> FixStatus:
 
 def exposure_verdict(facts: KernelFacts) -> Verdict:
     reuse, nodest = facts.conn_reuse_mode, facts.expire_nodest_conn
-    if reuse is None or nodest is None:
-        return Verdict(
-            Exposure.UNKNOWN,
-            "conn_reuse_mode and expire_nodest_conn are not known (ip_vs not loaded, or an offline table "
-            "without --sysctls)",
-        )
-    if reuse != 0:
+    if reuse is not None and reuse != 0:
+        # Decides it alone: expire_nodest_conn does not matter then.
         return Verdict(
             Exposure.NOT_EXPOSED,
             f"conn_reuse_mode={reuse}: a new connection on a reused port is rescheduled (after a ~1 s "
             "retransmit when its conntrack entry is confirmed)",
+        )
+    if reuse is None:
+        return Verdict(
+            Exposure.UNKNOWN,
+            "conn_reuse_mode is not known (ip_vs not loaded, or an offline table without --sysctls)",
+        )
+    if nodest is None:
+        return Verdict(
+            Exposure.UNKNOWN,
+            "conn_reuse_mode=0 but expire_nodest_conn is not known: it decides whether a reused port reaches "
+            "a dead pod",
         )
     if nodest == 0:
         return Verdict(

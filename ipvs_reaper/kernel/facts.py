@@ -65,6 +65,12 @@ def parse_sysctl_text(text: str, source: str) -> dict[str, int]:
             )
         if match.group(1) in IPVS_SYSCTLS:
             values[match.group(1)] = int(match.group(2))
+    if not values:
+        # Silently "unknown" would read as "we could not tell", when the file is simply the wrong one.
+        raise InputError(
+            f"{source}: none of net.ipv4.vs.{', '.join(IPVS_SYSCTLS)} found "
+            "(expected the output of `sysctl net.ipv4.vs` on the node)"
+        )
     return values
 
 

@@ -20,7 +20,7 @@ from ipvs_reaper.agent.main import run_agent
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
-from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
+from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
 
 CHURN_AGENT = "cluster-churn"  # the User-Agent of the test's own writes, which the write guard leaves out
 SERVICES = "v1/services"
@@ -148,6 +148,7 @@ async def running(
     ipvs: FakeIpvs,
     sysctls: FakeSysctls | None = None,
     wall: WallClock | None = None,
+    local_addresses: tuple[IPAddress, ...] = (),
 ) -> AsyncIterator[Agent]:
     stop = asyncio.Event()
     started: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
@@ -157,6 +158,7 @@ async def running(
             agent_options,
             ipvs,
             sysctls or FakeSysctls({"expire_nodest_conn": 1}),
+            lambda: local_addresses,
             stop=stop,
             clocks=clocks,
             started=started,
