@@ -185,6 +185,7 @@ def _node_warnings(node: str, cluster: ClusterState, local: tuple[IPAddress, ...
 
 def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
     _check_stdin(args)
+    address_warning: str | None = None
     node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     config = load_config(args.config) if args.config else Config()
     if args.ipvs_table:
@@ -212,12 +213,15 @@ def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
         try:
             local = node_access.local_addresses()
         except AddressError as error:
-            raise RuntimeFailure(str(error)) from None
+            # Fewer addresses only leave NodePorts on them unmapped, and unmapped is kept: go on, and say so.
+            local, address_warning = (), f"{error}: NodePorts map only to the Node object's addresses"
     if args.cluster_state:
         cluster = load_cluster_file(args.cluster_state)
     else:
         cluster = load_cluster_api(node, args.kubeconfig)
     warnings = [*_node_warnings(node, cluster, local), *cluster.broken.values()]
+    if address_warning is not None:
+        warnings.insert(0, address_warning)
     return Gathered(
         node=node,
         table=table,

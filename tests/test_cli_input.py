@@ -404,3 +404,21 @@ def test_run_stops_on_a_signal_and_at_once_on_a_second(tmp_path: Path) -> None:
     # The first stopped it gracefully; the second either found it still stopping (exit at once) or after
     # its loop had closed, when the default disposition ends it.
     assert process.returncode in (0, 128 + signal.SIGTERM, -signal.SIGTERM)
+
+
+def test_unreadable_node_addresses_are_a_warning_not_a_failure(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from ipvs_reaper.kernel.addresses import AddressError
+
+    def broken() -> tuple[Any, ...]:
+        raise AddressError("reading the node's addresses over netlink: [Errno 1] Operation not permitted")
+
+    fake = FakeIpvs(parse_proc_ip_vs((ROOT / TABLE).read_text()))
+    access = NodeAccess(
+        fake, FakeSysctls({"conn_reuse_mode": 1}), proc_kernel=tmp_path, local_addresses=broken
+    )
+    assert main(["scan", "--node-name", "node-a", "--cluster-state", "examples/cluster.json"], access) == 0
+    captured = capsys.readouterr()
+    assert "Operation not permitted: NodePorts map only to the Node object's addresses" in captured.err
+    assert "5 to reap" in captured.out

@@ -91,7 +91,6 @@ class Agent:
         # Virtual services to read again at a given moment, and how many follow-ups each has had.
         self._follow_up_at: dict[VirtualKey, float] = {}
         self._follow_up_step: dict[VirtualKey, int] = {}
-        self._config_checked = float("-inf")
         self._last_refusal: str | None = None
         # What was last said about readiness, listings and addresses: one log line per change, not per try.
         self._said_not_ready: tuple[str, ...] | None = None
@@ -99,7 +98,7 @@ class Agent:
         self._address_error: str | None = None
         self._release_memory = heap_trimmer()
         self.last_loop = clocks.monotonic()
-        self._refresh_config(clocks.monotonic())  # readiness says why from the first request on
+        self._refresh_config()  # readiness says why from the first request on
 
     # --- feeding, from kopf's watch events -----------------------------------------------------------------
 
@@ -269,21 +268,18 @@ class Agent:
         """Re-read the config and say what changed about readiness; runs from the start, whatever the API
         does, so a bad config is reported while the first listing is still failing."""
         while True:
-            now = self._clocks.monotonic()
             before = self.config.state.config
-            config = self._refresh_config(now)
+            config = self._refresh_config()
             if config is not None and config != before:
                 self.request_sweep()  # decide again under the new policy now, not at the next sweep
             self._say_readiness()
             await asyncio.sleep(_CONFIG_POLL)
 
-    def _refresh_config(self, now: float) -> Config | None:
-        if now - self._config_checked >= _CONFIG_POLL:
-            self._config_checked = now
-            state = self.config.refresh()
-            self.metrics.config_error.set(1 if state.error else 0)
-            self.metrics.config_missing.set(1 if state.config is None else 0)
-        return self.config.state.config
+    def _refresh_config(self) -> Config | None:
+        state = self.config.refresh()
+        self.metrics.config_error.set(1 if state.error else 0)
+        self.metrics.config_missing.set(1 if state.config is None else 0)
+        return state.config
 
     async def _read_local_addresses(self) -> None:
         """The node's interface addresses (kube-proxy's NodePort addresses); on failure the last ones read

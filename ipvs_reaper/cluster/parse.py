@@ -185,6 +185,10 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
         raise ObjectError("addressType", f"unknown address type {address_type!r}")
     labels = _get(meta, "labels", "metadata", dict, {})
     service_name = labels.get(SERVICE_NAME_LABEL)
+    if service_name is not None and not isinstance(service_name, str):
+        # Whose endpoints these are cannot be told: unreadable (its namespace's real servers are kept),
+        # never ignored (its Service's endpoints would all look gone).
+        raise ObjectError(f"metadata.labels.{SERVICE_NAME_LABEL}", "expected a string")
     if not service_name:
         return None
     ports = []

@@ -1,0 +1,38 @@
+"""Seed inputs for each target: real examples (the bundled captures and exports), so mutation starts from
+the shapes the parsers are for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _objects() -> list[bytes]:
+    items = json.loads((ROOT / "examples" / "cluster.json").read_text())["items"]
+    return [json.dumps(item).encode() for item in items]
+
+
+def seeds(target: str) -> list[bytes]:
+    examples, fixtures = ROOT / "examples", ROOT / "tests" / "fixtures"
+    by_target = {
+        "proc_ip_vs": [(examples / "ip_vs.txt").read_bytes(), (fixtures / "proc-net-ip_vs.txt").read_bytes()],
+        "cluster_list": [(examples / "cluster.json").read_bytes()],
+        "api_objects": _objects(),
+        "config": [
+            b"policy:\n  gone: {reap: idle, graceSeconds: 0, maxWaitSeconds: 300}\n"
+            b"namespaces:\n  payments:\n    gone: {maxWaitSeconds: 1800}\n"
+            b"expireNodestConn: enforce\nbreaker: {maxShare: 0.5, minDeletions: 10, maxPerSweep: 200}\n"
+        ],
+        "annotation": [b'{"gone": {"reap": "never"}}', b"notReady: {graceSeconds: 60, maxWaitSeconds: null}"],
+        "sysctls": [(examples / "sysctl.txt").read_bytes()],
+        "node_addresses": [
+            b'[{"ifname": "eth0", "addr_info": [{"family": "inet", "local": "192.168.49.2"}]}]',
+            b"192.168.49.2 10.244.0.1 fd00::2\n",
+        ],
+        "first_seen_file": [
+            b'{"TCP 4 10.96.0.2 80 0 10.1.0.2 8080": "2026-11-22T12:00:00+00:00"}',
+        ],
+    }
+    return by_target[target]

@@ -1,0 +1,104 @@
+"""Every parser of outside input, as a fuzz target: bytes in, and the only exception allowed out is our own
+input error (what the command line turns into exit 2 with a message). Anything else, or a hang, is a bug.
+
+Used by atheris (`python -m tests.fuzz.run`, coverage-guided, the long runs) and by hypothesis
+(`tests/test_fuzz.py`, in the suite)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ipvs_reaper.agent.first_seen import FirstSeen
+from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, KINDS, SERVICE, ClusterCache, parse_object
+from ipvs_reaper.cluster.sources import parse_cluster_document
+from ipvs_reaper.config import ConfigError, parse_annotation, parse_config_text
+from ipvs_reaper.errors import InputError
+from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
+from ipvs_reaper.kernel.addresses import parse_node_addresses
+from ipvs_reaper.kernel.facts import parse_sysctl_text
+
+Target = Callable[[bytes], None]
+
+
+def _text(data: bytes) -> str:
+    # What our file reader hands the parsers: text that decoded; other bytes are refused before parsing.
+    return data.decode("utf-8", "surrogateescape")
+
+
+def proc_ip_vs(data: bytes) -> None:
+    with contextlib.suppress(TableParseError):
+        parse_proc_ip_vs(_text(data), "fuzz")
+
+
+def cluster_list(data: bytes) -> None:
+    """The cluster List, JSON or YAML, as `kubectl get ... -o json|yaml` prints it."""
+    with contextlib.suppress(InputError):
+        parse_cluster_document(_text(data), "fuzz")
+
+
+def _json_body(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def api_objects(data: bytes) -> None:
+    """A Service or EndpointSlice body as the API sends it, through the agent's cache: whatever it is, the
+    cache holds it or holds it as unreadable; nothing raises."""
+    body = _json_body(data)
+    if not isinstance(body, dict):
+        return
+    cache = ClusterCache("node-a", lambda: 0.0, 60.0)
+    for kind in KINDS:
+        parse_object(kind, body, "node-a")
+        cache.replace(kind, [])
+    for kind in (SERVICE, ENDPOINT_SLICE):
+        cache.upsert(kind, body)
+        cache.snapshot()
+        cache.remove(kind, body)
+
+
+def config(data: bytes) -> None:
+    with contextlib.suppress(ConfigError):
+        parse_config_text(data, "fuzz")
+
+
+def annotation(data: bytes) -> None:
+    with contextlib.suppress(ConfigError):
+        parse_annotation(_text(data))
+
+
+def sysctls(data: bytes) -> None:
+    with contextlib.suppress(InputError):
+        parse_sysctl_text(_text(data), "fuzz")
+
+
+def node_addresses(data: bytes) -> None:
+    with contextlib.suppress(InputError):
+        parse_node_addresses(_text(data), "fuzz")
+
+
+def first_seen_file(data: bytes) -> None:
+    """A corrupt grace-clock file restarts the clocks (later reaping), never the agent."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "first-seen.json"
+        path.write_bytes(data)
+        FirstSeen(path).all  # noqa: B018 - loading is the test
+
+
+TARGETS: dict[str, Target] = {
+    "proc_ip_vs": proc_ip_vs,
+    "cluster_list": cluster_list,
+    "api_objects": api_objects,
+    "config": config,
+    "annotation": annotation,
+    "sysctls": sysctls,
+    "node_addresses": node_addresses,
+    "first_seen_file": first_seen_file,
+}

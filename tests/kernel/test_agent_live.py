@@ -1,0 +1,247 @@
+"""The agent (`ipvs-reaper run`, the installed command) on the real kernel: its cluster is kmock's emulator
+over HTTP, its table is the VM's IPVS table with real pods. The test changes the cluster the way the control
+plane would, and the table the way kube-proxy would (ipvsadm), and sets every resourceVersion itself: a real
+API server bumps it on each write, the emulator does not."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import builders
+from tests.agent.harness import CHURN_AGENT, NODES, SERVICES, SLICES, Cluster, free_port, kubeconfig
+from tests.ipvsadm_text import parse_restore_format
+from tests.kernel.cluster import NODE, NODE_IP
+from tests.kernel.lab import Lab
+from tests.kernel.pods import Outcome
+
+REAPER = Path(sys.executable).with_name("ipvs-reaper")
+VIP, PORT = "10.96.7.10", 80
+OLD, NEW = "10.244.7.2", "10.244.7.3"
+# The VM runs ~20x slower than the host: generous bounds, never timing asserts on the agent's speed.
+READY_WITHIN = 120.0
+
+
+@pytest.fixture
+def api(kmock: Any) -> Any:
+    kmock.resources.load_bundled()
+    return kmock
+
+
+_versions = itertools.count(100)
+
+
+def versioned(body: dict[str, Any]) -> dict[str, Any]:
+    body["metadata"]["resourceVersion"] = str(next(_versions))
+    return body
+
+
+def web_slice(*endpoints: dict[str, Any]) -> dict[str, Any]:
+    return versioned(builders.endpoint_slice("shop", "web-1", "web", [builders.port(PORT)], list(endpoints)))
+
+
+async def seed(cluster: Cluster, *endpoints: dict[str, Any]) -> None:
+    await cluster.create(SERVICES, versioned(builders.service("shop", "web", [VIP], [builders.port(PORT)])))
+    await cluster.create(SLICES, web_slice(*endpoints))
+    await cluster.create(NODES, versioned(builders.node(NODE, NODE_IP)))
+
+
+@dataclass
+class RunningAgent:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    async def readyz(self) -> tuple[int, str]:
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"http://127.0.0.1:{self.port}/readyz", timeout=aiohttp.ClientTimeout(total=5)
+                ) as response,
+            ):
+                return response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return 0, str(error)
+
+    async def wait_ready(self) -> float:
+        await until(lambda: self.process.poll() is None, 1, "agent alive", self)
+        deadline = time.monotonic() + READY_WITHIN
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the agent exited ({self.process.returncode}):\n{self.log.read_text()}")
+            if (await self.readyz())[0] == 200:
+                print(f"agent ready {READY_WITHIN - (deadline - time.monotonic()):.1f} s after its start")
+                return time.monotonic()
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"not ready within {READY_WITHIN} s:\n{self.log.read_text()}")
+
+    async def stop(self) -> None:
+        # Waited for off the loop: the emulator serves from this loop, and a stopping agent may still ask it.
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.process.wait, 60)
+
+
+@asynccontextmanager
+async def agent(tmp_path: Path, url: str, *extra: str) -> AsyncIterator[RunningAgent]:
+    port = free_port()
+    log = tmp_path / f"agent-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(REAPER), "run", "--node-name", NODE, "--kubeconfig", kubeconfig(tmp_path, url),
+             "--listen", f"127.0.0.1:{port}", "--sweep-interval", "5", "--heartbeat-interval", "1",
+             "--max-silence", "4", "--log-format", "json", *extra],
+            stdout=sink, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    running = RunningAgent(process, port, log)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def until(check: Any, timeout: float, what: str, running: RunningAgent | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            tail = f"\nagent log:\n{running.log.read_text()}" if running is not None else ""
+            raise AssertionError(f"not within {timeout} s: {what}{tail}")
+        await asyncio.sleep(0.2)
+
+
+def real_servers(lab: Lab) -> set[tuple[str, int]]:
+    """(real, weight) of the test's virtual service."""
+    return {(row[2], row[3]) for row in parse_restore_format(lab.ipvsadm("-Sn")) if row[1] == f"{VIP}:{PORT}"}
+
+
+def agent_writes(api: Any) -> list[tuple[str, str]]:
+    ours = [r for r in api if CHURN_AGENT not in r.headers.get("User-Agent", "")]
+    return [(r.method.value, r.url.path) for r in ours if r.method.value not in ("GET", "HEAD")]
+
+
+@pytest.fixture
+def rollout_lab(lab: Lab, source_ports: Iterator[int]) -> Iterator[tuple[Lab, Any, Any, Any]]:
+    """Two pods behind one ClusterIP; two clients whose entries lead to the old pod."""
+    lab.sysctl("conn_reuse_mode", 0)
+    lab.sysctl("expire_nodest_conn", 0)
+    lab.cluster_ips(VIP)
+    old, new = lab.pod("old", OLD), lab.pod("new", NEW)
+    old_server = lab.serve(old, PORT)
+    lab.serve(new, PORT)
+    lab.ipvsadm("-A", "-t", f"{VIP}:{PORT}", "-s", "rr")
+    lab.ipvsadm("-a", "-t", f"{VIP}:{PORT}", "-r", f"{OLD}:{PORT}", "-m", "-w", "1")
+    reused, control = lab.client(next(source_ports)), lab.client(next(source_ports))
+    for client in (reused, control):
+        assert client.tcp(VIP, PORT).pod == "old"
+    yield lab, old_server, reused, control
+
+
+async def test_the_agent_ends_the_incident_after_the_slice_event(
+    api: Any, tmp_path: Path, rollout_lab: tuple[Lab, Any, Any, Any], source_ports: Iterator[int]
+) -> None:
+    lab, old_server, reused, control = rollout_lab
+    # Another IPVS user's weight-0 real server, which no Service claims.
+    lab.restore(["-A -t 10.96.7.99:8080 -s rr", "-a -t 10.96.7.99:8080 -r 10.244.7.99:8080 -m -w 0"])
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, builders.endpoint(OLD))
+        async with agent(tmp_path, str(api.url)) as running:
+            await running.wait_ready()
+            # The rolling update: the new pod joins, kube-proxy weights the old one 0, and the old pod dies
+            # while its endpoint is still listed ready (the slice event has not come yet): kept, and the
+            # reused source port meets the dead pod.
+            await cluster.patch(SLICES, web_slice(builders.endpoint(OLD), builders.endpoint(NEW)))
+            lab.ipvsadm("-a", "-t", f"{VIP}:{PORT}", "-r", f"{NEW}:{PORT}", "-m", "-w", "1")
+            lab.ipvsadm("-e", "-t", f"{VIP}:{PORT}", "-r", f"{OLD}:{PORT}", "-m", "-w", "0")
+            old_server.kill()
+            await asyncio.sleep(6)  # a sweep has looked at it
+            assert (f"{OLD}:{PORT}", 0) in real_servers(lab), running.log.read_text()
+            refused = await asyncio.to_thread(control.tcp, VIP, PORT)
+            assert refused.outcome is Outcome.REFUSED, "incident not reproduced"
+
+            # The slice event: the old endpoint is gone. The agent reaps it.
+            await cluster.patch(SLICES, web_slice(builders.endpoint(NEW)))
+            await until(lambda: real_servers(lab) == {(f"{NEW}:{PORT}", 1)}, 60, "old reaped", running)
+
+            assert (await asyncio.to_thread(reused.tcp, VIP, PORT)).pod == "new"
+            fresh = lab.client(next(source_ports))
+            assert (await asyncio.to_thread(fresh.tcp, VIP, PORT)).pod == "new"
+            assert lab.read_sysctl("expire_nodest_conn") == 1
+            assert ("TCP", "10.96.7.99:8080", "10.244.7.99:8080", 0, "Masq") in parse_restore_format(
+                lab.ipvsadm("-Sn")
+            )
+    records = [json.loads(line) for line in running.log.read_text().splitlines() if line.startswith("{")]
+    deletions = [r for r in records if r.get("outcome") == "deleted"]
+    assert [(r["real"], r["service"], r["endpointState"]) for r in deletions] == [
+        (f"{OLD}:{PORT}", "shop/web", "gone")
+    ]
+    assert all({"time", "level", "logger"} <= set(r) for r in records)
+    assert agent_writes(api) == []  # no write to anything it watches (and no Events: --post-events is off)
+
+
+async def test_grace_survives_a_restart_and_reaping_pauses_while_the_api_is_down(
+    api: Any, tmp_path: Path, rollout_lab: tuple[Lab, Any, Any, Any]
+) -> None:
+    lab, old_server, _, _ = rollout_lab
+    # The first agent runs for `dwell`, so a clock reset by the restart would end the grace well after the
+    # kept one does (by the dwell plus the second agent's start). The grace leaves room for slow starts in
+    # the VM: the second agent must be ready before it ends.
+    grace, dwell = 90, 20
+    config = tmp_path / "config.yaml"
+    config.write_text(f"policy:\n  notReady: {{reap: always, graceSeconds: {grace}}}\n")
+    first_seen = tmp_path / "first-seen.json"
+    down = {"on": False}
+    api[lambda request: down["on"] and CHURN_AGENT not in request.headers.get("User-Agent", "")] << 503
+    extra = ("--config", str(config), "--first-seen-file", str(first_seen))
+    async with Cluster(str(api.url)) as cluster:
+        # The old pod is not ready (failing its probe) and kube-proxy has weighted it 0: its grace starts.
+        await seed(cluster, builders.endpoint(OLD, ready=False), builders.endpoint(NEW))
+        lab.ipvsadm("-a", "-t", f"{VIP}:{PORT}", "-r", f"{NEW}:{PORT}", "-m", "-w", "1")
+        lab.ipvsadm("-e", "-t", f"{VIP}:{PORT}", "-r", f"{OLD}:{PORT}", "-m", "-w", "0")
+        old_server.kill()
+        async with agent(tmp_path, str(api.url), *extra) as first:
+            await first.wait_ready()
+            await until(
+                lambda: first_seen.exists() and OLD in first_seen.read_text(), 30, "clock kept", first
+            )
+            seen_at = time.monotonic()  # no earlier than when the first agent saw it
+            await asyncio.sleep(dwell)
+            assert (f"{OLD}:{PORT}", 0) in real_servers(lab)  # still in its grace
+        clocks = json.loads(first_seen.read_text())
+
+        async with agent(tmp_path, str(api.url), *extra) as second:
+            ready_again = await second.wait_ready()
+            assert (f"{OLD}:{PORT}", 0) in real_servers(lab)
+            # The emulator goes away before the grace ends; the agent must notice and pause.
+            down["on"] = True
+            deadline = time.monotonic() + 30
+            while (await second.readyz())[0] == 200:
+                assert time.monotonic() < deadline, "the agent never noticed the API was down"
+                await asyncio.sleep(0.5)
+            # The grace ends while the view is stale: nothing is reaped.
+            await asyncio.sleep(max(0.0, seen_at + grace + 3 - time.monotonic()))
+            assert (f"{OLD}:{PORT}", 0) in real_servers(lab), second.log.read_text()
+            assert json.loads(first_seen.read_text()) == clocks  # the restart kept the clock
+            down["on"] = False
+            await until(
+                lambda: real_servers(lab) == {(f"{NEW}:{PORT}", 1)}, 60, "reaped after recovery", second
+            )
+            reaped_at = time.monotonic()
+    # Had the restart reset the clock, the grace would have run from the second agent's first sweep.
+    assert reaped_at < ready_again + grace, (reaped_at - ready_again, second.log.read_text())
+    assert reaped_at > seen_at + grace  # and it never came early
+    assert agent_writes(api) == []
