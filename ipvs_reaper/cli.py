@@ -34,7 +34,7 @@ from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl
 from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
 from ipvs_reaper.logs import configure_logging
 from ipvs_reaper.planner import Plan, PolicyChoice, SweepInputs, plan_sweep
-from ipvs_reaper.report import results_json, results_table, scan_json, scan_table
+from ipvs_reaper.report import ScanReport, results_json, results_table, scan_json, scan_table
 from ipvs_reaper.values import IPAddress, IpvsTable
 
 log = logging.getLogger(__name__)
@@ -297,25 +297,20 @@ def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
     plan = _plan(gathered, args.policy, args.all)
     verdict = exposure_verdict(gathered.facts)
     out = _Output()
+    report = ScanReport(gathered.node, gathered.facts, verdict, plan, args.all, gathered.warnings)
 
-    def report() -> str:
-        if args.output == "json":
-            return ""
+    def table() -> str:
         return scan_table(
-            gathered.node,
-            gathered.facts,
-            verdict,
-            plan,
-            args.all,
-            warnings=gathered.warnings,
-            width=_terminal_width(),
-            wide=args.output == "wide",
-            headers=not args.no_headers,
+            report, width=_terminal_width(), wide=args.output == "wide", headers=not args.no_headers
         )
 
-    document = scan_json(gathered.node, gathered.facts, verdict, plan, args.all, gathered.warnings)
+    document = scan_json(report)
     if args.command == "scan":
-        out.print(json.dumps(document, indent=2) if args.output == "json" else report())
+        out.print(json.dumps(document, indent=2) if args.output == "json" else table())
+        if not gathered.cluster.usable:
+            # The report is printed, but it judged nothing: a script must not take it for a clean bill.
+            print(f"ipvs-reaper: cannot judge: {plan.refusal}", file=sys.stderr)
+            return 1
         return 0
     result = apply_plan(
         plan, node_access.backend, node_access.sysctls, dry_run=args.dry_run, clock=lambda: datetime.now(UTC)
@@ -323,7 +318,7 @@ def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
     if args.output == "json":
         out.print(json.dumps(document | results_json(result), indent=2))
     else:
-        out.print(report())
+        out.print(table())
         if not args.no_headers:
             out.print("")
             out.print(results_table(result))

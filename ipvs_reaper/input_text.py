@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import BinaryIO
 
 from ipvs_reaper.errors import InputError
 
@@ -15,10 +14,10 @@ def source_name(path: str) -> str:
     return "<stdin>" if path == STDIN else path
 
 
-def read_input_text(path: str, stdin: BinaryIO | None = None) -> str:
+def read_input_text(path: str) -> str:
     """The file's text (UTF-8), or InputError naming it: missing, unreadable, a directory, or not text."""
     try:
-        data = (stdin or sys.stdin.buffer).read() if path == STDIN else Path(path).read_bytes()
+        data = sys.stdin.buffer.read() if path == STDIN else Path(path).read_bytes()
     except OSError as error:
         raise InputError(f"{source_name(path)}: {error.strerror or error}") from None
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -59,27 +60,35 @@ def decision_json(decision: Decision) -> dict[str, Any]:
 SCHEMA_VERSION = 1
 
 
-def summary(plan: Plan, show_all: bool) -> dict[str, int]:
-    counts = Counter(d.action.value for d in listed(plan, show_all))
-    return {action: counts[action] for action in ("reap", "wait", "keep")}
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    """What `scan` (and `reap`) report: the node, its kernel, the plan, and what the person should know."""
+
+    node: str
+    facts: KernelFacts
+    verdict: Verdict
+    plan: Plan
+    show_all: bool  # every real server, not only weight-0 ones
+    warnings: Sequence[str] = ()
+
+    @property
+    def shown(self) -> list[Decision]:
+        return listed(self.plan, self.show_all)
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(d.action.value for d in self.shown)
+        return {action: counts[action] for action in ("reap", "wait", "keep")}
 
 
-def scan_json(
-    node: str,
-    facts: KernelFacts,
-    verdict: Verdict,
-    plan: Plan,
-    show_all: bool,
-    warnings: Sequence[str] = (),
-) -> dict[str, Any]:
+def scan_json(report: ScanReport) -> dict[str, Any]:
     return {
         "schemaVersion": SCHEMA_VERSION,
-        "node": node,
-        "kernel": kernel_json(facts, verdict),
-        "refusal": plan.refusal,
-        "warnings": list(warnings),
-        "summary": summary(plan, show_all),
-        "realServers": [decision_json(d) for d in listed(plan, show_all)],
+        "node": report.node,
+        "kernel": kernel_json(report.facts, report.verdict),
+        "refusal": report.plan.refusal,
+        "warnings": list(report.warnings),
+        "summary": report.summary(),
+        "realServers": [decision_json(d) for d in report.shown],
     }
 
 
@@ -137,20 +146,11 @@ def _row(d: Decision, wide: bool) -> tuple[str, ...]:
 
 
 def scan_table(
-    node: str,
-    facts: KernelFacts,
-    verdict: Verdict,
-    plan: Plan,
-    show_all: bool,
-    *,
-    warnings: Sequence[str] = (),
-    width: int | None = None,
-    wide: bool = False,
-    headers: bool = True,
+    report: ScanReport, *, width: int | None = None, wide: bool = False, headers: bool = True
 ) -> str:
     """`width`: cut each row's reason to fit a terminal this wide (not with `wide`). Without `headers`, only
     the rows, for scripts that read columns."""
-    shown = listed(plan, show_all)
+    shown, facts, verdict, plan = report.shown, report.facts, report.verdict, report.plan
     header = _WIDE_HEADER if wide else _HEADER
     rows = _columns(
         header if headers else None, [_row(d, wide) for d in shown], None if wide else width, 3 if wide else 2
@@ -159,7 +159,7 @@ def scan_table(
         return "\n".join(rows)
     fold = None if wide else width
     lines = [
-        f"NODE:      {node}",
+        f"NODE:      {report.node}",
         *_fold(
             "KERNEL:",
             f"{facts.release or 'unknown'} ({facts.source})  "
@@ -172,7 +172,7 @@ def scan_table(
     ]
     if any(d.real_server.key.virtual.protocol.value == "UDP" and d.real_server.weight == 0 for d in shown):
         lines.extend(_fold("NOTE:", UDP_NOTE, fold))
-    for warning in warnings:
+    for warning in report.warnings:
         lines.extend(_fold("WARNING:", warning, fold))
     if plan.refusal:
         lines.extend(_fold("REFUSED:", plan.refusal, fold))
@@ -180,8 +180,8 @@ def scan_table(
     if shown:
         lines.extend(rows)
     else:
-        lines.append("No weight-0 real servers." if not show_all else "No real servers.")
-    counts = summary(plan, show_all)
+        lines.append("No weight-0 real servers." if not report.show_all else "No real servers.")
+    counts = report.summary()
     lines.append("")
     lines.append(f"{counts['reap']} to reap, {counts['wait']} waiting, {counts['keep']} kept")
     return "\n".join(lines)

@@ -67,3 +67,21 @@ async def test_api_errors_are_runtime_failures(api: Any, tmp_path: Path) -> None
 async def test_unreachable_api_is_a_runtime_failure(tmp_path: Path) -> None:
     with pytest.raises(RuntimeFailure):
         await asyncio.to_thread(load_cluster_api, "node-a", kubeconfig(tmp_path, "http://127.0.0.1:9"))
+
+
+@pytest.mark.parametrize("answer", [[1, 2], {"items": {"a": 1}}, {"items": [], "metadata": "x"}])
+async def test_an_answer_that_is_not_a_list_is_a_runtime_failure(
+    api: Any, tmp_path: Path, answer: Any
+) -> None:
+    # A proxy or a broken server in between: a clear failure (the agent retries), never a TypeError.
+    api["list", kmock.resource("v1", "services")] << answer
+    with pytest.raises(RuntimeFailure, match="listing Service objects: the answer is not a List"):
+        await asyncio.to_thread(load_cluster_api, "node-a", kubeconfig(tmp_path, str(api.url)))
+
+
+async def test_items_that_are_not_objects_make_the_view_unusable(api: Any, tmp_path: Path) -> None:
+    api["list", kmock.resource("v1", "services")] << {"items": ["junk"], "metadata": {}}
+    store(api, "discovery.k8s.io/v1/endpointslices", endpoint_slice("a", "b-1", "b", [port(8080)], []))
+    state = await asyncio.to_thread(load_cluster_api, "node-a", kubeconfig(tmp_path, str(api.url)))
+    assert not state.usable
+    assert "items[0] is not an object" in state.problems[0]

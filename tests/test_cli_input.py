@@ -212,18 +212,29 @@ def test_config_errors_name_the_line(
 # --- saying what is known ---------------------------------------------------------------------------------
 
 
+def unjudged(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    """scan of a view it cannot judge: the report still, and exit 1 with the reason."""
+    assert main(["scan", *argv, "-o", "json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("ipvs-reaper: cannot judge: cluster state unusable: ")
+    document: dict[str, Any] = json.loads(captured.out)
+    return document
+
+
 def test_an_export_without_services_is_a_refusal_and_rows_say_unknown(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     slices_only = cluster_file(
         tmp_path, [endpoint_slice("a", "b-1", "b", [port(80)], []), node("node-a", "192.168.49.2")]
     )
-    document = scan(capsys, "--node-name", "node-a", "--cluster-state", slices_only, "--ipvs-table", TABLE)
+    document = unjudged(
+        capsys, "--node-name", "node-a", "--cluster-state", slices_only, "--ipvs-table", TABLE
+    )
     assert document["refusal"].startswith("cluster state unusable: the cluster state has no Service objects")
     assert {row["endpointState"] for row in document["realServers"]} == {"unknown"}
     assert {row["decision"] for row in document["realServers"]} == {"keep"}
     assert not any("maps to no Service" in row["reason"] for row in document["realServers"])
-    assert main(["scan", "--node-name", "node-a", "--cluster-state", slices_only, "--ipvs-table", TABLE]) == 0
+    assert main(["scan", "--node-name", "node-a", "--cluster-state", slices_only, "--ipvs-table", TABLE]) == 1
     assert "REFUSED:   cluster state unusable" in capsys.readouterr().out
 
 
@@ -231,7 +242,9 @@ def test_an_export_without_slices_does_not_say_gone(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     services_only = cluster_file(tmp_path, [service("shop", "web", ["10.96.12.7"], [port(443)])])
-    document = scan(capsys, "--node-name", "node-a", "--cluster-state", services_only, "--ipvs-table", TABLE)
+    document = unjudged(
+        capsys, "--node-name", "node-a", "--cluster-state", services_only, "--ipvs-table", TABLE
+    )
     assert "no EndpointSlice objects" in document["refusal"]
     assert {row["endpointState"] for row in document["realServers"]} == {"unknown"}
 

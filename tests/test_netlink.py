@@ -182,3 +182,18 @@ def test_one_socket_serves_many_operations_and_is_closed() -> None:
 def test_missing_proc_file_is_a_clear_error(tmp_path: Any) -> None:
     with pytest.raises(IpvsError, match=r"ip_vs module loaded"):
         KernelIpvs(proc_path=tmp_path / "ip_vs").read_table()
+
+
+def test_a_kernel_table_we_cannot_parse_is_an_ipvs_error(tmp_path: Any) -> None:
+    # The agent retries an IpvsError at the next sweep; any other exception would end its work loop.
+    proc = tmp_path / "ip_vs"
+    proc.write_text("IP Virtual Server version 1.2.1 (size=4096)\nTCP  0A000001:0050 rr newflag\n")
+    with pytest.raises(IpvsError, match=r"cannot parse the kernel's table: .*line 2: unknown service flags"):
+        KernelIpvs(proc_path=proc).read_table()
+
+
+def test_an_unexpected_netlink_answer_is_an_ipvs_error() -> None:
+    without_address = _wire([("IPVS_CMD_ATTR_DEST", {"attrs": [("IPVS_DEST_ATTR_PORT", 8443)]})])
+    sock = FakeSocket(dests=[without_address])
+    with pytest.raises(IpvsError, match="unexpected answer"):
+        KernelIpvs(connect=lambda: sock).read_service(VIP)

@@ -96,6 +96,7 @@ class Agent:
         self._said_not_ready: tuple[str, ...] | None = None
         self._listing_failed = False
         self._address_error: str | None = None
+        self._ipvs_error: str | None = None
         self._release_memory = heap_trimmer()
         self.last_loop = clocks.monotonic()
         self._refresh_config()  # readiness says why from the first request on
@@ -316,9 +317,16 @@ class Agent:
                 result = await asyncio.to_thread(self.reconciler.reconcile, wanted, view, config)
             self.metrics.view_unusable.set(0 if view.usable else 1)
         except IpvsError as error:
-            log.error("%s: reading the IPVS table failed, retrying at the next sweep: %s", trigger, error)
+            if str(error) != self._ipvs_error:
+                log.error(
+                    "%s: reading the IPVS table failed, reaping nothing until it works: %s", trigger, error
+                )
+            self._ipvs_error = str(error)
             self.metrics.errors.labels("ipvs").inc()
             return False
+        if self._ipvs_error is not None:
+            log.info("the IPVS table can be read again")
+            self._ipvs_error = None
         self.metrics.reconciles.labels(trigger).inc()
         self.metrics.reconcile_seconds.labels(trigger).observe(self._clocks.monotonic() - started)
         self._after(result, wanted)

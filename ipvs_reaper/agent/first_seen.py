@@ -50,6 +50,7 @@ def _decode(text: str) -> RealKey:
 class FirstSeen:
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
+        self._write_failing = False
         self._seen: dict[RealKey, datetime] = self._load() if path is not None else {}
         # The same entries by virtual service: a reconcile of a few virtual services touches only theirs.
         self._by_virtual: dict[VirtualKey, dict[RealKey, datetime]] = {}
@@ -103,4 +104,10 @@ class FirstSeen:
             temporary.write_text(text)
             os.replace(temporary, self._path)  # atomic: a crash leaves the old file or the new one
         except OSError as error:
-            log.error("first-seen file %s not written (clocks kept in memory): %s", self._path, error)
+            if not self._write_failing:  # once per outage, not once per change
+                log.error("first-seen file %s not written (clocks kept in memory): %s", self._path, error)
+            self._write_failing = True
+            return
+        if self._write_failing:
+            log.info("first-seen file %s written again", self._path)
+        self._write_failing = False

@@ -75,7 +75,9 @@ async def run_agent(
         health = await start_health_server(agent, options.listen_host, options.listen_port)
     except OSError as error:
         api.close()
-        reason = os.strerror(error.errno) if error.errno else str(error)
+        # aiohttp wraps the bind error in its own words; the errno's are shorter. A name that does not
+        # resolve has a negative (resolver) errno, whose text is the error's own.
+        reason = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror or str(error)
         raise RuntimeFailure(f"--listen {options.listen_host}:{options.listen_port}: {reason}") from None
     log.info(
         "ipvs-reaper %s on node %s%s; health and metrics on %s:%d",

@@ -24,7 +24,7 @@ from ipvs_reaper.yaml_text import yaml_error_text
 
 _PAGE_SIZE = 500
 # What a transport or server failure can raise from the client.
-API_ERRORS = (ApiException, HTTPError, OSError, json.JSONDecodeError)
+API_ERRORS = (ApiException, HTTPError, OSError, json.JSONDecodeError, RecursionError)
 
 
 class ApiFailure(RuntimeFailure):
@@ -118,6 +118,10 @@ class ClusterApi:
             raise ApiFailure(f"reading Node {name}: {_describe(error)}") from None
         except API_ERRORS as error:
             raise ApiFailure(f"reading Node {name}: {_describe(error)}") from None
+        if not isinstance(node, dict):
+            raise ApiFailure(
+                f"reading Node {name}: the API answered with a {type(node).__name__}, not an object"
+            )
         node["kind"] = "Node"
         return node
 
@@ -137,11 +141,16 @@ class ClusterApi:
                     limit=_PAGE_SIZE, _continue=token, _preload_content=False, _request_timeout=self._timeout
                 )
                 page = json.loads(response.data)
-                items = page.get("items") or []
-                for item in items:
-                    item["kind"] = kind  # list responses leave it out of their items
-                yield items
-                token = (page.get("metadata") or {}).get("continue")
+                if not isinstance(page, dict):
+                    raise ApiFailure(f"listing {kind} objects: the answer is not a List")
+                items, meta = page.get("items"), page.get("metadata")
+                if not isinstance(items, list | None) or not isinstance(meta, dict | None):
+                    raise ApiFailure(f"listing {kind} objects: the answer is not a List")
+                for item in items or ():
+                    if isinstance(item, dict):  # anything else is kept as unreadable by the cache
+                        item["kind"] = kind  # list responses leave it out of their items
+                yield items or []
+                token = (meta or {}).get("continue")
                 if not token:
                     return
         except API_ERRORS as error:

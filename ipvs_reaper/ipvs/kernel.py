@@ -18,7 +18,7 @@ from pyroute2 import IPVS, IPVSDest, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError
-from ipvs_reaper.ipvs.procfs import parse_proc_ip_vs
+from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.values import (
     IPPROTO_NUMBERS,
     PROTOCOLS_BY_NUMBER,
@@ -118,7 +118,12 @@ class KernelIpvs:
             raise IpvsError(f"{self._proc_path} does not exist: is the ip_vs module loaded?") from None
         except OSError as error:
             raise IpvsError(f"cannot read {self._proc_path}: {error}") from None
-        return parse_proc_ip_vs(text, source=str(self._proc_path))
+        try:
+            return parse_proc_ip_vs(text, source=str(self._proc_path))
+        except TableParseError as error:
+            # The kernel's own text that we cannot read: nothing can be decided from it, and the agent must
+            # retry rather than stop.
+            raise IpvsError(f"cannot parse the kernel's table: {error}") from None
 
     def read_service(self, virtual: VirtualKey) -> tuple[RealServer, ...] | None:
         spec = service_spec(virtual)
@@ -137,7 +142,12 @@ class KernelIpvs:
         except OSError as error:
             self.close()
             raise IpvsError(f"reading {virtual.protocol} {virtual} over netlink: {error}") from None
-        return tuple(real_server_from_message(answer, virtual) for answer in answers)
+        try:
+            return tuple(real_server_from_message(answer, virtual) for answer in answers)
+        except (ValueError, TypeError) as error:
+            raise IpvsError(
+                f"reading {virtual.protocol} {virtual} over netlink: unexpected answer: {error}"
+            ) from None
 
     def delete_real_server(self, key: RealKey) -> DeleteOutcome:
         dest = IPVSDest(addr=str(key.address), port=key.port)

@@ -17,12 +17,13 @@ from ipvs_reaper.agent.options import add_run_arguments, options_from_args
 from ipvs_reaper.agent.reconciler import Reconciler
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.parse import cluster_state_from_items
-from ipvs_reaper.config import Config
+from ipvs_reaper.config import Config, parse_config
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
 from ipvs_reaper.mapping import EndpointState, EndpointStatus
-from ipvs_reaper.planner import Action, Decision
+from ipvs_reaper.planner import Action, Decision, SweepInputs, plan_sweep
+from ipvs_reaper.values import IpvsTable, VirtualService
 from tests.agent.harness import real, table, vip
 from tests.builders import endpoint, endpoint_slice, node, port, service
 
@@ -42,6 +43,53 @@ def test_first_seen_times_survive_a_restart_and_a_bad_file_restarts_the_clocks(t
     assert FirstSeen(path).all == {b: T0 + timedelta(seconds=5)}
     path.write_text("{not json")
     assert FirstSeen(path).all == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"TCP 4 10.96.0.2 80 0 10.1.0.1 8080": "2026-11-22T12:00:00"}',  # no time zone: not comparable
+        '{"TCP 4 10.96.0.2 80 0 10.1.0.1 8080": 5}',
+        '{"TCP 4 10.96.0.2 80": "2026-11-22T12:00:00+00:00"}',
+        "[" * 100_000,
+        "[]",
+    ],
+)
+def test_a_bad_first_seen_file_restarts_the_clocks(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "first-seen.json"
+    path.write_text(text)
+    assert FirstSeen(path).all == {}
+
+
+def test_an_unwritable_first_seen_file_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = FirstSeen(tmp_path / "missing-dir" / "first-seen.json")
+    for second in range(3):
+        store.update(None, {real(WEB, "10.1.0.1", 8080).key: T0 + timedelta(seconds=second)})
+    assert store.all  # kept in memory
+    assert sum("not written" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_first_seen_time_from_the_future_starts_now() -> None:
+    # A corrupt clock far ahead must neither overflow date arithmetic nor reap early: it counts from now.
+    key = real(WEB, "10.1.0.1", 8080).key
+    table = IpvsTable((VirtualService(WEB, "rr"),), (real(WEB, "10.1.0.1", 8080),))
+    cluster = cluster_state_from_items(
+        [service("a", "web", ["10.96.0.2"], [port(80)]), endpoint_slice("a", "w", "web", [port(8080)], [])]
+    )
+    plan = plan_sweep(
+        SweepInputs(
+            table=table,
+            cluster=cluster,
+            node_name="node-a",
+            config=parse_config({"policy": {"gone": {"reap": "always", "graceSeconds": 30}}}),
+            expire_nodest_conn=1,
+            now=T0,
+            first_seen={key: datetime.max.replace(tzinfo=UTC)},
+        )
+    )
+    (decision,) = plan.decisions
+    assert decision.action is Action.WAIT and decision.reap_after == T0 + timedelta(seconds=30)
+    assert plan.first_seen[key] == T0
 
 
 def _record(service: str, address: str, outcome: Outcome = Outcome.DELETED) -> ActionRecord:

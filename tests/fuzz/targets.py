@@ -7,20 +7,25 @@ Used by atheris (`python -m tests.fuzz.run`, coverage-guided, the long runs) and
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ipvs_reaper.agent.first_seen import FirstSeen
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, KINDS, SERVICE, ClusterCache, parse_object
+from ipvs_reaper.cluster.parse import POLICY_ANNOTATION, cluster_state_from_items
 from ipvs_reaper.cluster.sources import parse_cluster_document
-from ipvs_reaper.config import ConfigError, parse_annotation, parse_config_text
+from ipvs_reaper.config import Config, ConfigError, parse_annotation, parse_config_text
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.kernel.addresses import parse_node_addresses
 from ipvs_reaper.kernel.facts import parse_sysctl_text
+from ipvs_reaper.planner import SweepInputs, plan_sweep
+from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
 
 Target = Callable[[bytes], None]
 
@@ -64,14 +69,62 @@ def api_objects(data: bytes) -> None:
         cache.remove(kind, body)
 
 
+def _plan_with(
+    config: Config, annotation: str | None = None, first_seen: Mapping[RealKey, datetime] | None = None
+) -> None:
+    """A sweep planned with what was parsed: a value can parse and still break what uses it (a number of
+    seconds too large for date arithmetic did, before it was bounded)."""
+    items: list[dict[str, Any]] = [
+        {"kind": "Service", "metadata": {"namespace": "a", "name": "web", "annotations": {}},
+         "spec": {"clusterIPs": ["10.96.0.2"], "ports": [{"port": 80}]}},
+        {"kind": "EndpointSlice", "addressType": "IPv4",
+         "metadata": {"namespace": "a", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+         "ports": [{"port": 8080}],
+         "endpoints": [{"addresses": ["10.1.0.3"], "conditions": {"ready": False, "terminating": True}},
+                       {"addresses": ["10.1.0.4"], "conditions": {"ready": False}}]},
+    ]  # fmt: skip
+    if annotation is not None:
+        items[0]["metadata"]["annotations"][POLICY_ANNOTATION] = annotation
+    virtual = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address("10.96.0.2"), 80)
+    table = IpvsTable(
+        (VirtualService(virtual, "rr"),),
+        tuple(
+            RealServer(RealKey(virtual, ipaddress.ip_address(f"10.1.0.{i}"), 8080), "Masq", 0, i % 2, 1)
+            for i in range(1, 5)
+        ),
+    )
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    clocks = (
+        [first_seen]
+        if first_seen is not None
+        else [{rs.key: since for rs in table.real_servers} for since in (now, now - timedelta(days=3650))]
+    )
+    for seen in clocks:
+        plan_sweep(
+            SweepInputs(
+                table=table,
+                cluster=cluster_state_from_items(items),
+                node_name="node-a",
+                config=config,
+                expire_nodest_conn=1,
+                now=now,
+                first_seen=seen,
+            )
+        )
+
+
 def config(data: bytes) -> None:
-    with contextlib.suppress(ConfigError):
-        parse_config_text(data, "fuzz")
+    try:
+        parsed = parse_config_text(data, "fuzz")
+    except ConfigError:
+        return
+    _plan_with(parsed)
 
 
 def annotation(data: bytes) -> None:
     with contextlib.suppress(ConfigError):
         parse_annotation(_text(data))
+    _plan_with(Config(), _text(data))
 
 
 def sysctls(data: bytes) -> None:
@@ -85,11 +138,12 @@ def node_addresses(data: bytes) -> None:
 
 
 def first_seen_file(data: bytes) -> None:
-    """A corrupt grace-clock file restarts the clocks (later reaping), never the agent."""
+    """A corrupt grace-clock file restarts the clocks (later reaping), never the agent: loaded, then used to
+    plan a sweep whose real servers it names (the seeds' keys)."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "first-seen.json"
         path.write_bytes(data)
-        FirstSeen(path).all  # noqa: B018 - loading is the test
+        _plan_with(Config(), first_seen=FirstSeen(path).all)
 
 
 TARGETS: dict[str, Target] = {
