@@ -225,7 +225,7 @@ def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
     return Gathered(
         node=node,
         table=table,
-        cluster=cluster.with_local_addresses(node, local),
+        cluster=cluster.with_node_port_addresses(node, local, config.node_port_networks),
         facts=facts,
         config=config,
         warnings=tuple(warnings),

@@ -7,11 +7,13 @@ back to a default that deletes more than the operator meant.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ipvs_reaper.values import IPNetwork
 from ipvs_reaper.yaml_text import LineDict, YamlTextError, load_strict
 
 
@@ -122,11 +124,15 @@ class Config:
     namespaces: Mapping[str, PolicyOverride] = field(default_factory=dict)
     expire_nodest_conn: SysctlMode = SysctlMode.ENFORCE
     breaker: Breaker = Breaker()
+    # kube-proxy's --nodeport-addresses: the networks whose addresses carry NodePorts. Empty: every address
+    # of the node, kube-proxy's default. Set it as kube-proxy's is set, or a virtual service of another IPVS
+    # user on an address kube-proxy leaves alone could be taken for a NodePort.
+    node_port_networks: tuple[IPNetwork, ...] = ()
 
 
 _STATE_KEYS = {"gone": "gone", "terminating": "terminating", "notReady": "not_ready"}
 _RULE_KEYS = {"reap", "graceSeconds", "maxWaitSeconds"}
-_TOP_KEYS = {"policy", "namespaces", "expireNodestConn", "breaker"}
+_TOP_KEYS = {"policy", "namespaces", "expireNodestConn", "breaker", "nodePortAddresses"}
 _BREAKER_KEYS = {"maxShare", "minDeletions", "maxPerSweep"}
 # Bounds for every number, so no value (a typo, or a tenant's annotation) can overflow date arithmetic or
 # stand for "for ever": a year is longer than any sane grace, and `reap: never` or `maxWaitSeconds: null`
@@ -274,6 +280,26 @@ def _breaker(raw: Mapping[str, Any]) -> Breaker:
     return breaker
 
 
+def _networks(raw: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
+    value = raw.get("nodePortAddresses")
+    if value is None:
+        return ()
+    line = _line(raw, "nodePortAddresses")
+    if not isinstance(value, list) or not value:
+        raise _Invalid("nodePortAddresses", f"expected a list of CIDRs, got {_shown(value)}", line)
+    networks = []
+    for i, text in enumerate(value):
+        try:
+            if not isinstance(text, str):
+                raise ValueError(text)
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise _Invalid(
+                f"nodePortAddresses[{i}]", f"expected a CIDR such as 192.168.0.0/16, got {_shown(text)}", line
+            ) from None
+    return tuple(networks)
+
+
 def _config(document: Any) -> Config:
     raw = _mapping(document, "", None)
     _check_keys(raw, _TOP_KEYS, "")
@@ -294,6 +320,7 @@ def _config(document: Any) -> Config:
         if "expireNodestConn" in raw
         else SysctlMode.ENFORCE,
         breaker=_breaker(breaker_raw),
+        node_port_networks=_networks(raw),
     )
 
 

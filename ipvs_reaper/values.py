@@ -7,6 +7,14 @@ import ipaddress
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def within(addresses: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...]) -> tuple[IPAddress, ...]:
+    """The addresses in any of the networks; all of them when there are no networks (no narrowing)."""
+    if not networks:
+        return addresses
+    return tuple(a for a in addresses if any(a.version == n.version and a in n for n in networks))
 
 
 class Protocol(enum.StrEnum):

@@ -302,6 +302,29 @@ def test_node_ports_on_local_addresses_are_mapped_offline(
     assert (row["service"], row["endpointState"], row["decision"]) == ("shop/web", "gone", "reap")
 
 
+def test_node_port_addresses_in_the_config_narrow_them(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # kube-proxy run with --nodeport-addresses 192.168.0.0/16 leaves cni0's address alone: so must we.
+    config = tmp_path / "c.yaml"
+    config.write_text("nodePortAddresses: [192.168.0.0/16]\n")
+    addresses = tmp_path / "addresses.txt"
+    addresses.write_text("192.168.49.2 10.244.0.1\n")
+    table = _cni_table(tmp_path)
+    argv = ["--node-name", "node-a", "--cluster-state", "examples/cluster.json", "--ipvs-table", table]
+    rows = {
+        r["virtual"]: r
+        for r in scan(capsys, *argv, "--node-addresses", str(addresses), "--config", str(config))[
+            "realServers"
+        ]
+    }
+    assert (rows["10.244.0.1:31234"]["endpointState"], rows["10.244.0.1:31234"]["decision"]) == (
+        "unmapped",
+        "keep",
+    )
+    assert rows["192.168.49.2:31234"]["decision"] == "reap"
+
+
 def test_node_ports_on_local_addresses_are_reaped_live(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

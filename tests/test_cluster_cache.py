@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, ClusterCache
+from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, NOTHING, SERVICE, ClusterCache
 from ipvs_reaper.cluster.parse import cluster_state_from_items
 from ipvs_reaper.config import Config
 from ipvs_reaper.planner import Action, SweepInputs, plan_sweep
@@ -195,3 +195,16 @@ def test_any_event_sequence_equals_a_fresh_listing_of_the_result(ops: list[tuple
     # The cache knows whose node it is: without that Node (readable or not) it is not usable.
     has_node = expected.node("node-a") is not None or "node/node-a" in expected.broken
     assert got.usable == (expected.usable and has_node)
+
+
+def test_node_port_addresses_follow_the_interfaces_and_the_configs_networks() -> None:
+    cache = listed_cache(services=[service("a", "web", ["10.96.0.2"], [port(80, node_port=30080)])])
+    cni = ipaddress.ip_address("10.244.0.1")
+    nodeport_on_cni = VirtualKey.inet(Protocol.TCP, cni, 30080)
+    assert cache.set_local_addresses((cni,)).everything
+    assert [s.name for s in cache.view_for({nodeport_on_cni}).services] == ["web"]
+    assert cache.set_local_addresses((cni,)) == NOTHING  # the same addresses again: nothing moves
+    assert cache.set_node_port_networks((ipaddress.ip_network("192.168.0.0/16"),)).everything
+    assert cache.view_for({nodeport_on_cni}).services == ()
+    (node_view,) = cache.snapshot().nodes
+    assert cni not in node_view.addresses

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,17 @@ def test_annotation_overrides_like_the_policy() -> None:
         parse_annotation("gone: {reap: maybe}")
     with pytest.raises(ConfigError, match=r"not valid YAML"):
         parse_annotation("gone: {reap: [")
+
+
+def test_node_port_addresses_narrow_like_kube_proxys_flag() -> None:
+    config = parse_config({"nodePortAddresses": ["192.168.0.0/16", "fd00::/8", "10.1.2.3"]})
+    assert [str(n) for n in config.node_port_networks] == ["192.168.0.0/16", "fd00::/8", "10.1.2.3/32"]
+    assert parse_config({}).node_port_networks == ()  # every address, kube-proxy's default
+    for bad, message in (
+        ([], "nodePortAddresses: expected a list of CIDRs"),
+        ("10.0.0.0/8", "nodePortAddresses: expected a list of CIDRs"),
+        (["primary"], "nodePortAddresses[0]: expected a CIDR such as 192.168.0.0/16, got 'primary'"),
+        ([8], "nodePortAddresses[0]: expected a CIDR"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config({"nodePortAddresses": bad})

@@ -231,6 +231,7 @@ class Scenario:
     items: list[dict[str, Any]]
     inputs: SweepInputs
     local: tuple[str, ...]  # the node's interface addresses handed to the view
+    networks: tuple[str, ...]  # the config's nodePortAddresses
 
 
 @st.composite
@@ -238,6 +239,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     items = draw(cluster_items())
     table = draw(ipvs_tables(items))
     local = draw(st.sampled_from([(), (), (LOCAL_IP,), (LOCAL_IP, NODE_IP)]))
+    networks = draw(
+        st.sampled_from([(), (), (f"{NODE_IP}/32",), (f"{LOCAL_IP}/32",), ("10.0.0.0/8", "fd00::/8")])
+    )
+    config = draw(configs)
+    config = replace(config, node_port_networks=tuple(ipaddress.ip_network(n) for n in networks))
     first_seen = {
         rs.key: NOW - timedelta(seconds=draw(st.sampled_from([0, 29, 30, 299, 300, 1000])))
         for rs in table.real_servers
@@ -245,21 +251,23 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     }
     inputs = SweepInputs(
         table=table,
-        cluster=cluster_state_from_items(items).with_local_addresses(
-            "node-a", tuple(ipaddress.ip_address(a) for a in local)
+        cluster=cluster_state_from_items(items).with_node_port_addresses(
+            "node-a", tuple(ipaddress.ip_address(a) for a in local), config.node_port_networks
         ),
         node_name="node-a",
-        config=draw(configs),
+        config=config,
         expire_nodest_conn=draw(st.sampled_from([0, 1, 1, None])),
         now=NOW,
         first_seen=first_seen,
         policy=draw(st.sampled_from(list(PolicyChoice))),
         describe_weighted=draw(st.booleans()),
     )
-    return Scenario(items, inputs, local)
+    return Scenario(items, inputs, local, networks)
 
 
-def oracle_wanted(items: list[dict[str, Any]], rs: RealServer, local: tuple[str, ...] = ()) -> bool:
+def oracle_wanted(
+    items: list[dict[str, Any]], rs: RealServer, local: tuple[str, ...] = (), networks: tuple[str, ...] = ()
+) -> bool:
     """True when the cluster, read naively from its raw objects, may still want this real server."""
     if rs.weight > 0:
         return True
@@ -269,6 +277,12 @@ def oracle_wanted(items: list[dict[str, Any]], rs: RealServer, local: tuple[str,
     vip = rs.key.virtual
     node_ips = {a["address"] for item in items if item["kind"] == "Node" for a in item["status"]["addresses"]}
     node_ips |= set(local)
+    if networks:  # kube-proxy's --nodeport-addresses: NodePorts only on addresses inside them
+        node_ips = {
+            ip
+            for ip in node_ips
+            if any(ipaddress.ip_address(ip) in ipaddress.ip_network(n) for n in networks)
+        }
     claims = []  # (namespace, name, port name, protocol)
     for item in items:
         if item["kind"] != "Service" or vip.address is None:
@@ -314,7 +328,9 @@ def check_plan_invariants(scenario: Scenario, plan: Plan) -> None:
     inputs = scenario.inputs
     reaps = plan.reaps
     for decision in reaps:
-        assert not oracle_wanted(scenario.items, decision.real_server, scenario.local), decision
+        assert not oracle_wanted(scenario.items, decision.real_server, scenario.local, scenario.networks), (
+            decision
+        )
         assert decision.real_server.weight == 0
         assert decision.service is not None
     if not inputs.cluster.usable:
@@ -379,7 +395,7 @@ def test_actor_never_deletes_what_changed_before_its_re_read(scenario: Scenario,
     assert not raised & set(fake.deleted)
     for key in fake.deleted:
         original = next(rs for rs in scenario.inputs.table.real_servers if rs.key == key)
-        assert not oracle_wanted(scenario.items, original, scenario.local)
+        assert not oracle_wanted(scenario.items, original, scenario.local, scenario.networks)
     for record in result.records:
         key = record.decision.real_server.key
         if key in busy and record.decision.requires_idle:

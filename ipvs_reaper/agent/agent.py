@@ -99,7 +99,9 @@ class Agent:
         self._ipvs_error: str | None = None
         self._release_memory = heap_trimmer()
         self.last_loop = clocks.monotonic()
-        self._refresh_config()  # readiness says why from the first request on
+        config = self._refresh_config()  # readiness says why from the first request on
+        if config is not None:
+            self.cache.set_node_port_networks(config.node_port_networks)
 
     # --- feeding, from kopf's watch events -----------------------------------------------------------------
 
@@ -272,6 +274,7 @@ class Agent:
             before = self.config.state.config
             config = self._refresh_config()
             if config is not None and config != before:
+                self.cache.set_node_port_networks(config.node_port_networks)
                 self.request_sweep()  # decide again under the new policy now, not at the next sweep
             self._say_readiness()
             await asyncio.sleep(_CONFIG_POLL)

@@ -35,7 +35,7 @@ from ipvs_reaper.cluster.parse import (
     parse_service,
 )
 from ipvs_reaper.mapping import service_virtual_keys
-from ipvs_reaper.values import IPAddress, VirtualKey
+from ipvs_reaper.values import IPAddress, IPNetwork, VirtualKey, within
 
 SERVICE, ENDPOINT_SLICE, NODE = "Service", "EndpointSlice", "Node"
 KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
@@ -130,6 +130,8 @@ class ClusterCache:
         self._node: Node | None = None
         # The node's interface addresses (kube-proxy's NodePort addresses), added to the Node's own.
         self._local_addresses: tuple[IPAddress, ...] = ()
+        # kube-proxy's --nodeport-addresses, from the config: NodePorts only on addresses in these.
+        self._node_port_networks: tuple[IPNetwork, ...] = ()
         self._broken: dict[ObjectKey, BrokenObject] = {}
         # Objects without a readable name cannot be updated or deleted by key; a listing clears them.
         self._nameless: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -216,6 +218,15 @@ class ClusterCache:
             return NOTHING
         before = self._node_addresses()
         self._local_addresses = addresses
+        self._reclaim(before)
+        return EVERYTHING
+
+    def set_node_port_networks(self, networks: tuple[IPNetwork, ...]) -> Affected:
+        """The config's nodePortAddresses changed: NodePorts move."""
+        if networks == self._node_port_networks:
+            return NOTHING
+        before = self._node_addresses()
+        self._node_port_networks = networks
         self._reclaim(before)
         return EVERYTHING
 
@@ -408,7 +419,7 @@ class ClusterCache:
 
     def _node_addresses(self) -> tuple[IPAddress, ...]:
         own = self._node.addresses if self._node is not None else ()
-        return (*own, *(a for a in self._local_addresses if a not in own))
+        return within((*own, *(a for a in self._local_addresses if a not in own)), self._node_port_networks)
 
     def _put_service(self, key: ObjectKey, service: Service) -> None:
         self._services[key] = service

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ipvs_reaper.values import IPAddress, Protocol
+from ipvs_reaper.values import IPAddress, IPNetwork, Protocol, within
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +86,19 @@ class ClusterState:
     def node(self, name: str) -> Node | None:
         return next((node for node in self.nodes if node.name == name), None)
 
-    def with_local_addresses(self, node_name: str, addresses: tuple[IPAddress, ...]) -> ClusterState:
-        """The view with the node's own interface addresses added to its Node: kube-proxy builds NodePort
-        virtual services on those, not only on the addresses the Node object lists."""
-        if not addresses:
+    def with_node_port_addresses(
+        self, node_name: str, local: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...] = ()
+    ) -> ClusterState:
+        """The view with the node's NodePort addresses as kube-proxy takes them: the node's own interface
+        addresses as well as the Node object's, narrowed to `networks` when kube-proxy is
+        (`--nodeport-addresses`)."""
+        if not local and not networks:
             return self
         node = self.node(node_name)
         known = node.addresses if node is not None else ()
-        merged = Node(node_name, (*known, *(a for a in addresses if a not in known)))
-        return replace(self, nodes=(*(n for n in self.nodes if n.name != node_name), merged))
+        addresses = within((*known, *(a for a in local if a not in known)), networks)
+        if node is None and not addresses:
+            return self
+        return replace(
+            self, nodes=(*(n for n in self.nodes if n.name != node_name), Node(node_name, addresses))
+        )
