@@ -24,6 +24,7 @@ def seeds(target: str) -> list[bytes]:
             b"policy:\n  gone: {reap: idle, graceSeconds: 0, maxWaitSeconds: 300}\n"
             b"namespaces:\n  payments:\n    gone: {maxWaitSeconds: 1800}\n"
             b"expireNodestConn: enforce\nbreaker: {maxShare: 0.5, minDeletions: 10, maxPerSweep: 200}\n"
+            b"nodePortAddresses: [192.168.0.0/16, fd00::/8]\n"
         ],
         "annotation": [b'{"gone": {"reap": "never"}}', b"notReady: {graceSeconds: 60, maxWaitSeconds: null}"],
         "sysctls": [(examples / "sysctl.txt").read_bytes()],
