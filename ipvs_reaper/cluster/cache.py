@@ -216,17 +216,17 @@ class ClusterCache:
         """The node's interface addresses changed (or were read for the first time): NodePorts move."""
         if addresses == self._local_addresses:
             return NOTHING
-        before = self._node_addresses()
-        self._local_addresses = addresses
-        self._reclaim(before)
-        return EVERYTHING
+        return self._move_node_ports(addresses, self._node_port_networks)
 
     def set_node_port_networks(self, networks: tuple[IPNetwork, ...]) -> Affected:
         """The config's nodePortAddresses changed: NodePorts move."""
         if networks == self._node_port_networks:
             return NOTHING
+        return self._move_node_ports(self._local_addresses, networks)
+
+    def _move_node_ports(self, local: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...]) -> Affected:
         before = self._node_addresses()
-        self._node_port_networks = networks
+        self._local_addresses, self._node_port_networks = local, networks
         self._reclaim(before)
         return EVERYTHING
 
