@@ -15,6 +15,7 @@ from datetime import datetime
 
 from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsBackend, IpvsError
 from ipvs_reaper.kernel.sysctl import EXPIRE_NODEST_CONN, SysctlError, Sysctls
+from ipvs_reaper.logs import FIELDS
 from ipvs_reaper.planner import Decision, Plan
 from ipvs_reaper.values import RealServer, format_endpoint
 
@@ -58,7 +59,9 @@ Recorder = Callable[[ActionRecord], None]
 
 def log_recorder(record: ActionRecord) -> None:
     """The default record of every deletion: one JSON log line each, for log pipelines to keep."""
-    log.info("%s", json.dumps(record.as_json(), sort_keys=True))
+    fields = record.as_json()
+    # The text is the record as JSON (for plain logs); `fields` lets a JSON log make them fields of the line.
+    log.info("%s", json.dumps(fields, sort_keys=True), extra={FIELDS: fields})
 
 
 @dataclass(frozen=True, slots=True)

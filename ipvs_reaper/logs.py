@@ -14,6 +14,8 @@ import time
 from datetime import UTC, datetime
 
 LEVELS = ("debug", "info", "warning", "error")
+# The `extra` key under which a record carries structured fields (a deletion record) for JSON logs.
+FIELDS = "fields"
 FORMATS = ("text", "json")
 # Library loggers and the level they start at: kopf logs every handled watch event at INFO, urllib3 every
 # retry of a request at WARNING (our own loops retry and say so once per outage).
@@ -27,8 +29,8 @@ _NOISY = {
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; a message that is itself a JSON object (a deletion record) is merged in,
-    so the record's fields are fields of the line and not a string inside it."""
+    """One JSON object per line; a record's structured fields (a deletion record's) are fields of the line,
+    not a string inside it."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -38,25 +40,14 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        message = record.getMessage()
-        fields = _json_object(message)
-        if fields is not None:
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict):
             line.update({key: value for key, value in fields.items() if key not in line})
         else:
-            line["message"] = message
+            line["message"] = record.getMessage()
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, sort_keys=False)
-
-
-def _json_object(message: str) -> dict[str, object] | None:
-    if not message.startswith("{"):
-        return None
-    try:
-        value = json.loads(message)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def configure_logging(level: str, form: str, *, plain: bool = False) -> None:

@@ -81,7 +81,7 @@ def _stop_on_failure(task: asyncio.Task[None], memo: kopf.Memo) -> None:
 def _take_over_signals(stop: asyncio.Event) -> None:
     """kopf's own handlers set a future's result, and a second SIGTERM or Ctrl-C sets it again and fails with
     InvalidStateError. Ours: the first signal stops gracefully (through the stop flag), the second at once."""
-    loop = asyncio.get_event_loop()
+    loop = asyncio.get_running_loop()
 
     def on_signal(number: int) -> None:
         name = signal.Signals(number).name

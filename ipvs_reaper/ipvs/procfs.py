@@ -130,14 +130,15 @@ def _looks_like_ipvsadm(line: str) -> bool:
 def parse_proc_ip_vs(text: str, source: str = "/proc/net/ip_vs") -> IpvsTable:
     """The table; raises TableParseError naming the line. A real /proc/net/ip_vs always starts with its
     version line, so text without it (an empty file, another command's output) is refused."""
-    first = next((number for number, line in enumerate(text.splitlines(), start=1) if line.strip()), None)
-    if first is None:
-        raise TableParseError(source, 1, f"empty: a copy of /proc/net/ip_vs starts with '{HEADER}'")
-    if not text.lstrip().startswith(HEADER):
+    stripped = text.lstrip()  # the same string, not a copy, when it starts with the header as it should
+    if not stripped.startswith(HEADER):
+        first = text.count("\n", 0, len(text) - len(stripped)) + 1  # where the first non-blank line is
+        if not stripped:
+            raise TableParseError(source, 1, f"empty: a copy of /proc/net/ip_vs starts with '{HEADER}'")
         hint = (
             _IPVSADM_HINT
-            if _looks_like_ipvsadm(text.lstrip().splitlines()[0])
-            else (f"expected '{HEADER} ...' (is this a copy of /proc/net/ip_vs?)")
+            if _looks_like_ipvsadm(stripped.partition("\n")[0])
+            else f"expected '{HEADER} ...' (is this a copy of /proc/net/ip_vs?)"
         )
         raise TableParseError(source, first, hint)
     services: list[VirtualService] = []

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ipvs_reaper.ipvs.fake import FakeIpvs
-from ipvs_reaper.logs import configure_logging
+from ipvs_reaper.logs import FIELDS, configure_logging
 from tests.agent.harness import (
     CHURN_AGENT,
     NODES,
@@ -111,9 +111,12 @@ def test_logs_are_stamped_json_and_quiet(capsys: pytest.CaptureFixture[str]) -> 
     logging.getLogger("urllib3.connectionpool").warning("Retrying (Retry(total=2)) after connection broken")
     logging.getLogger("ipvs_reaper.agent.agent").warning("not ready, reaping nothing: %s", "why")
     record = {"outcome": "deleted", "real": "10.1.0.2:8080", "service": "a/web"}
-    logging.getLogger("ipvs_reaper.actor").info("%s", json.dumps(record))
+    logging.getLogger("ipvs_reaper.actor").info("%s", json.dumps(record), extra={FIELDS: record})
+    logging.getLogger("ipvs_reaper.agent.agent").error("%s", '{"looks": "like JSON"}')  # but stays a message
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert [line["logger"] for line in lines] == ["ipvs_reaper.agent.agent", "ipvs_reaper.actor"]
+    loggers = [line["logger"] for line in lines]
+    assert loggers == ["ipvs_reaper.agent.agent", "ipvs_reaper.actor", "ipvs_reaper.agent.agent"]
+    assert lines[2]["message"] == '{"looks": "like JSON"}'
     assert lines[0]["level"] == "warning" and lines[0]["message"] == "not ready, reaping nothing: why"
     assert lines[0]["time"].endswith("Z")
     assert lines[1]["outcome"] == "deleted" and "message" not in lines[1]  # the record's fields, merged
