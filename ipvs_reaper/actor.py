@@ -38,6 +38,8 @@ class ActionRecord:
     outcome: Outcome
     detail: str
     dry_run: bool
+    # For FAILED: the errno's name (EPERM), or "reread" when the real server could not be read again.
+    failure_reason: str | None = None
 
     def as_json(self) -> dict[str, object]:
         rs = self.decision.real_server
@@ -117,30 +119,31 @@ def apply_plan(
     records = []
     for decision in reaps:
         if not ready:
-            outcome, detail = Outcome.REFUSED, sysctl_note or ""
+            outcome, detail, reason = Outcome.REFUSED, sysctl_note or "", None
         else:
-            outcome, detail = _act(decision, backend, dry_run)
-        record = ActionRecord(clock(), decision, outcome, detail, dry_run)
+            outcome, detail, reason = _act(decision, backend, dry_run)
+        record = ActionRecord(clock(), decision, outcome, detail, dry_run, reason)
         recorder(record)
         records.append(record)
     return ApplyResult(records=tuple(records), sysctl_note=sysctl_note)
 
 
-def _act(decision: Decision, backend: IpvsBackend, dry_run: bool) -> tuple[Outcome, str]:
+def _act(decision: Decision, backend: IpvsBackend, dry_run: bool) -> tuple[Outcome, str, str | None]:
+    """The outcome, its detail, and for a failure a short reason for metrics."""
     key = decision.real_server.key
     try:
         fresh = backend.read_service(key.virtual)
     except IpvsError as error:
-        return Outcome.FAILED, f"re-reading before delete: {error}"
+        return Outcome.FAILED, f"re-reading before delete: {error}", "reread"
     skip, detail = _recheck(decision, fresh)
     if skip is not None:
-        return skip, detail
+        return skip, detail, None
     if dry_run:
-        return Outcome.WOULD_DELETE, decision.reason
+        return Outcome.WOULD_DELETE, decision.reason, None
     try:
         result = backend.delete_real_server(key)
     except IpvsError as error:
-        return Outcome.FAILED, str(error)
+        return Outcome.FAILED, str(error), error.reason
     if result is DeleteOutcome.ALREADY_GONE:
-        return Outcome.ALREADY_GONE, "deleted by someone else between re-read and delete"
-    return Outcome.DELETED, decision.reason
+        return Outcome.ALREADY_GONE, "deleted by someone else between re-read and delete", None
+    return Outcome.DELETED, decision.reason, None

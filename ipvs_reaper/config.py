@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -130,10 +131,10 @@ class Config:
     node_port_networks: tuple[IPNetwork, ...] = ()
 
 
-_STATE_KEYS = {"gone": "gone", "terminating": "terminating", "notReady": "not_ready"}
-_RULE_KEYS = {"reap", "graceSeconds", "maxWaitSeconds"}
-_TOP_KEYS = {"policy", "namespaces", "expireNodestConn", "breaker", "nodePortAddresses"}
-_BREAKER_KEYS = {"maxShare", "minDeletions", "maxPerSweep"}
+STATE_KEYS = {"gone": "gone", "terminating": "terminating", "notReady": "not_ready"}
+RULE_KEYS = {"reap", "graceSeconds", "maxWaitSeconds"}
+TOP_KEYS = {"policy", "namespaces", "expireNodestConn", "breaker", "nodePortAddresses"}
+BREAKER_KEYS = {"maxShare", "minDeletions", "maxPerSweep"}
 # Bounds for every number, so no value (a typo, or a tenant's annotation) can overflow date arithmetic or
 # stand for "for ever": a year is longer than any sane grace, and `reap: never` or `maxWaitSeconds: null`
 # say "never" outright.
@@ -226,7 +227,7 @@ def _seconds(raw: Mapping[str, Any], key: str, path: str) -> int:
 def _rule_override(raw_parent: Mapping[str, Any], key: str, path: str) -> RuleOverride:
     path = _join(path, key)
     raw = _mapping(raw_parent[key], path, _line(raw_parent, key))
-    _check_keys(raw, _RULE_KEYS, path)
+    _check_keys(raw, RULE_KEYS, path)
     override = RuleOverride(
         reap=_enum(ReapMode, raw, "reap", path) if "reap" in raw else None,
         grace_seconds=_seconds(raw, "graceSeconds", path) if "graceSeconds" in raw else None,
@@ -248,8 +249,8 @@ def _rule_override(raw_parent: Mapping[str, Any], key: str, path: str) -> RuleOv
 
 def _policy_override(value: Any, path: str, line: int | None = None) -> PolicyOverride:
     raw = _mapping(value, path, line)
-    _check_keys(raw, _STATE_KEYS, path)
-    rules = {attr: _rule_override(raw, key, path) for key, attr in _STATE_KEYS.items() if key in raw}
+    _check_keys(raw, STATE_KEYS, path)
+    rules = {attr: _rule_override(raw, key, path) for key, attr in STATE_KEYS.items() if key in raw}
     return PolicyOverride(**rules)
 
 
@@ -280,6 +281,27 @@ def _breaker(raw: Mapping[str, Any]) -> Breaker:
     return breaker
 
 
+_IPV4 = r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(
+    (
+        f"({_H}:){{7}}{_H}",
+        f"({_H}:){{1,7}}:",
+        f"({_H}:){{1,6}}:{_H}",
+        f"({_H}:){{1,5}}(:{_H}){{1,2}}",
+        f"({_H}:){{1,4}}(:{_H}){{1,3}}",
+        f"({_H}:){{1,3}}(:{_H}){{1,4}}",
+        f"({_H}:){{1,2}}(:{_H}){{1,5}}",
+        f"{_H}:(:{_H}){{1,6}}",
+        f":((:{_H}){{1,7}}|:)",
+    )
+)
+# A CIDR as kube-proxy's --nodeport-addresses takes it (the prefix may be left out: one address). Spelled
+# out as a pattern, not only parsed, so the chart's schema can say exactly the same (no IPv4-in-IPv6 forms).
+CIDR_PATTERN = f"^(({_IPV4})(/(3[0-2]|[12]?[0-9]))?|({_IPV6})(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$"
+_CIDR = re.compile(CIDR_PATTERN)
+
+
 def _networks(raw: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
     value = raw.get("nodePortAddresses")
     if value is None:
@@ -290,7 +312,7 @@ def _networks(raw: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
     networks = []
     for i, text in enumerate(value):
         try:
-            if not isinstance(text, str):
+            if not isinstance(text, str) or _CIDR.match(text) is None:
                 raise ValueError(text)
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
@@ -302,9 +324,9 @@ def _networks(raw: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
 
 def _config(document: Any) -> Config:
     raw = _mapping(document, "", None)
-    _check_keys(raw, _TOP_KEYS, "")
+    _check_keys(raw, TOP_KEYS, "")
     policy = _policy_override(raw.get("policy"), "policy", _line(raw, "policy")).apply(DEFAULT_POLICY)
-    for key, attr in _STATE_KEYS.items():
+    for key, attr in STATE_KEYS.items():
         _check_rule(getattr(policy, attr), f"policy.{key}")
     names = _mapping(raw.get("namespaces"), "namespaces", _line(raw, "namespaces"))
     namespaces = {
@@ -312,7 +334,7 @@ def _config(document: Any) -> Config:
         for name, value in names.items()
     }
     breaker_raw = _mapping(raw.get("breaker"), "breaker", _line(raw, "breaker"))
-    _check_keys(breaker_raw, _BREAKER_KEYS, "breaker")
+    _check_keys(breaker_raw, BREAKER_KEYS, "breaker")
     return Config(
         policy=policy,
         namespaces=namespaces,

@@ -53,6 +53,14 @@ class Decision:
     requires_idle: bool = False
 
 
+class RefusalKind(enum.StrEnum):
+    """Why a whole reconcile deletes nothing on purpose (a metric label: keep the set small)."""
+
+    BREAKER = "breaker"
+    SYSCTL = "sysctl"  # expire_nodest_conn is not 1 and the config says report-only
+    VIEW = "view"  # the cluster view is incomplete or stale
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     # One per real server of the table, in table order; only the weight-0 ones unless describe_weighted.
@@ -63,6 +71,7 @@ class Plan:
     needs_expire_nodest_conn: bool = False
     # Why the whole sweep reaps nothing (unusable view, circuit breaker), for logs and metrics.
     refusal: str | None = None
+    refusal_kind: RefusalKind | None = None
 
     @property
     def reaps(self) -> tuple[Decision, ...]:
@@ -291,12 +300,16 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
         decisions.append(_decide(inputs, index, rs, since, cache))
     decisions, needs_sysctl, sysctl_refusal = _gate_on_sysctl(inputs, decisions)
     decisions, refusal = _apply_breaker(inputs, decisions)
-    refusal = refusal or sysctl_refusal
+    kind = RefusalKind.BREAKER if refusal is not None else None
+    if refusal is None and sysctl_refusal is not None:
+        refusal, kind = sysctl_refusal, RefusalKind.SYSCTL
     if refusal is None and not inputs.cluster.usable:
         refusal = f"cluster state unusable: {'; '.join(inputs.cluster.problems)}"
+        kind = RefusalKind.VIEW
     return Plan(
         decisions=tuple(decisions),
         first_seen=first_seen,
         needs_expire_nodest_conn=needs_sysctl and any(d.action is Action.REAP for d in decisions),
         refusal=refusal,
+        refusal_kind=kind,
     )

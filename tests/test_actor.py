@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import ipaddress
 from datetime import UTC, datetime
 
@@ -84,9 +85,10 @@ def test_kube_proxy_deleting_first_is_success() -> None:
 
 def test_failure_of_one_does_not_stop_the_rest() -> None:
     plan, fake = setup(real(1), real(2))
-    fake.fail_deletes[real(1).key] = "Operation not permitted"
+    fake.fail_deletes[real(1).key] = errno.EPERM
     records = run(plan, fake)
     assert [r.outcome for r in records] == [Outcome.FAILED, Outcome.DELETED]
+    assert records[0].failure_reason == "EPERM"
 
 
 def test_sysctl_is_set_before_deleting() -> None:

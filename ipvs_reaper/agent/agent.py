@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ipvs_reaper.actor import ActionRecord, log_recorder
+from ipvs_reaper.actor import ActionRecord, Outcome, log_recorder
 from ipvs_reaper.agent.first_seen import FirstSeen
 from ipvs_reaper.agent.k8s_events import EventReporter
 from ipvs_reaper.agent.memory import heap_trimmer, settle_after_listing
@@ -31,7 +31,10 @@ from ipvs_reaper.config import Config
 from ipvs_reaper.config_reload import ReloadingConfig
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.kernel.addresses import AddressError
-from ipvs_reaper.kernel.sysctl import Sysctls
+from ipvs_reaper.kernel.exposure import exposure_verdict
+from ipvs_reaper.kernel.facts import KernelFacts
+from ipvs_reaper.kernel.sysctl import SysctlError, Sysctls
+from ipvs_reaper.planner import RefusalKind
 from ipvs_reaper.values import IPAddress, VirtualKey
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class Agent:
         backend: IpvsBackend,
         sysctls: Sysctls,
         local_addresses: Callable[[], tuple[IPAddress, ...]],
+        kernel_facts: Callable[[], KernelFacts],
         metrics: AgentMetrics,
         clocks: Clocks | None = None,
         rng: random.Random | None = None,
@@ -65,6 +69,7 @@ class Agent:
         self.metrics = metrics
         self._api = api
         self._local_addresses = local_addresses
+        self._kernel_facts = kernel_facts
         self._clocks = clocks = clocks or Clocks()
         self._rng = rng or random.Random()
         self.cache = ClusterCache(options.node_name, clocks.monotonic, options.max_silence)
@@ -91,6 +96,8 @@ class Agent:
         # Virtual services to read again at a given moment, and how many follow-ups each has had.
         self._follow_up_at: dict[VirtualKey, float] = {}
         self._follow_up_step: dict[VirtualKey, int] = {}
+        # When a watch event last touched each virtual service: the start of event_to_reap_seconds.
+        self._event_at: dict[VirtualKey, float] = {}
         self._last_refusal: str | None = None
         # What was last said about readiness, listings and addresses: one log line per change, not per try.
         self._said_not_ready: tuple[str, ...] | None = None
@@ -120,8 +127,10 @@ class Agent:
             self.request_sweep()
         elif affected.keys:
             self._pending |= affected.keys
+            now = self._clocks.monotonic()
             for key in affected.keys:  # kube-proxy reacts to this event too: follow up from the start
                 self._follow_up_step.pop(key, None)
+                self._event_at[key] = now
             self._wake.set()
 
     # --- readiness -----------------------------------------------------------------------------------------
@@ -268,8 +277,9 @@ class Agent:
             await self._post_events()
 
     async def config_forever(self) -> None:
-        """Re-read the config and say what changed about readiness; runs from the start, whatever the API
-        does, so a bad config is reported while the first listing is still failing."""
+        """Re-read the config and say what changed about readiness, and read the kernel's sysctls; runs from
+        the start, whatever the API does, so a bad config is reported while the first listing is still
+        failing, and a sysctl drifting back to 0 shows within seconds."""
         while True:
             before = self.config.state.config
             config = self._refresh_config()
@@ -277,12 +287,16 @@ class Agent:
                 self.cache.set_node_port_networks(config.node_port_networks)
                 self.request_sweep()  # decide again under the new policy now, not at the next sweep
             self._say_readiness()
+            await self._read_kernel_facts()
             await asyncio.sleep(_CONFIG_POLL)
 
     def _refresh_config(self) -> Config | None:
+        before = self.config.state.config
         state = self.config.refresh()
         self.metrics.config_error.set(1 if state.error else 0)
         self.metrics.config_missing.set(1 if state.config is None else 0)
+        if state.config is not None and state.config is not before:
+            self.metrics.config_reload.set(self._clocks.now().timestamp())
         return state.config
 
     async def _read_local_addresses(self) -> None:
@@ -313,8 +327,11 @@ class Agent:
                 table = await asyncio.to_thread(self.reconciler.read_table)
                 # The part of the view for the weight-0 real servers' virtual services decides as the whole
                 # view would, at a cost in proportion to them rather than to the cluster.
-                view = self.cache.view_for(weight_zero_services(table))
+                stale = weight_zero_services(table)
+                view = self.cache.view_for(stale)
                 result = await asyncio.to_thread(self.reconciler.sweep_table, table, view, config)
+                self.metrics.swept(result.plan, self._clocks.now(), self._clocks.monotonic() - started)
+                self._forget_events(stale)
             else:
                 view = self.cache.view_for(wanted)
                 result = await asyncio.to_thread(self.reconciler.reconcile, wanted, view, config)
@@ -331,20 +348,42 @@ class Agent:
             log.info("the IPVS table can be read again")
             self._ipvs_error = None
         self.metrics.reconciles.labels(trigger).inc()
-        self.metrics.reconcile_seconds.labels(trigger).observe(self._clocks.monotonic() - started)
         self._after(result, wanted)
         return True
 
+    async def _read_kernel_facts(self) -> None:
+        """The sysctls and the exposure verdict, for metrics (three small files)."""
+        try:
+            facts = await asyncio.to_thread(self._kernel_facts)
+        except SysctlError as error:
+            log.debug("reading the IPVS sysctls: %s", error)
+            self.metrics.errors.labels("sysctl").inc()
+            return
+        self.metrics.kernel(facts, exposure_verdict(facts).exposure)
+
+    def _forget_events(self, stale: frozenset[VirtualKey]) -> None:
+        """Event times of virtual services with nothing left to reap or to follow up (bounded memory)."""
+        for key in [k for k in self._event_at if k not in stale and k not in self._follow_up_at]:
+            if key not in self._pending:
+                del self._event_at[key]
+
     def _after(self, result: ReconcileResult, read: frozenset[VirtualKey] | None) -> None:
         refusal = result.plan.refusal
+        kind = result.plan.refusal_kind
+        if kind is None and any(r.outcome is Outcome.REFUSED for r in result.applied.records):
+            kind = RefusalKind.SYSCTL  # expire_nodest_conn could not be set: each record says so
+        self.metrics.refused(kind)
+        now = self._clocks.monotonic()
+        for record in result.applied.records:
+            at = self._event_at.get(record.decision.real_server.key.virtual)
+            if at is not None and record.outcome in (Outcome.DELETED, Outcome.WOULD_DELETE):
+                self.metrics.event_to_reap.observe(now - at)
         if refusal is not None:
-            self.metrics.refusals.inc()
             if refusal != self._last_refusal:
                 log.warning("reaping nothing: %s", refusal)
         elif self._last_refusal is not None:
             log.info("reaping resumed")
         self._last_refusal = refusal
-        now = self._clocks.monotonic()
         # Follow-ups: read again, at growing delays, what kube-proxy still has to set to weight 0.
         for key in read if read is not None else ():
             if key not in result.follow_up:

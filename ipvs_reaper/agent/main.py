@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import platform
 from collections.abc import Callable
 
 import kopf
@@ -20,6 +21,7 @@ from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.cluster.api import ClusterApi, client_configuration
 from ipvs_reaper.errors import RuntimeFailure
 from ipvs_reaper.ipvs.backend import IpvsBackend
+from ipvs_reaper.kernel.facts import read_live_facts
 from ipvs_reaper.kernel.sysctl import Sysctls
 from ipvs_reaper.values import IPAddress
 
@@ -68,7 +70,12 @@ async def run_agent(
         backend=backend,
         sysctls=sysctls,
         local_addresses=local_addresses,
-        metrics=AgentMetrics(),
+        kernel_facts=lambda: read_live_facts(sysctls),
+        metrics=AgentMetrics(
+            dry_run=options.dry_run,
+            version=package_version(),
+            kernel_release=platform.release(),
+        ),
         clocks=clocks or Clocks(),
     )
     try:

@@ -1,18 +1,98 @@
-"""The agent's Prometheus metrics, in a registry of its own (no process-wide default registry)."""
+"""The agent's Prometheus metrics, in a registry of its own (no process-wide default registry).
+
+The names are a contract (alerts and dashboards use them; the README lists each). Every labelled series is
+created at 0 for each label value it can take, so `rate()` and `absent()` work from the first scrape, and no
+label carries a pod, an address or anything else without a bound.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterable
+from datetime import datetime
 
-from ipvs_reaper.actor import ActionRecord
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from ipvs_reaper.actor import ActionRecord, Outcome
+from ipvs_reaper.kernel.exposure import Exposure
+from ipvs_reaper.kernel.facts import KernelFacts
+from ipvs_reaper.kernel.sysctl import IPVS_SYSCTLS
+from ipvs_reaper.mapping import EndpointState
+from ipvs_reaper.planner import Action, Plan, RefusalKind
+from ipvs_reaper.values import Protocol
+
+REAPED_STATES = (EndpointState.GONE, EndpointState.TERMINATING, EndpointState.NOT_READY)
+PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
+# The failures seen in practice, pre-created; any other errno still gets its own series when it happens.
+FAILURE_REASONS = ("EPERM", "EINVAL", "ENOMEM", "EBUSY", "EIO", "ENOBUFS", "sysctl", "reread", "other")
+ERROR_SITES = ("ipvs", "list", "heartbeat", "event", "addresses", "sysctl")
+TRIGGERS = ("sweep", "event", "follow-up")
+_EXPOSED = {Exposure.EXPOSED: 1, Exposure.NOT_EXPOSED: 0, Exposure.UNKNOWN: -1}
 
 
 class AgentMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+    def __init__(self, *, dry_run: bool = False, version: str = "", kernel_release: str = "") -> None:
+        # `_created` series double every counter's cardinality and no alert of ours reads them. The switch is
+        # the library's, for the whole process: the agent is the only user of prometheus_client in it.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = r = CollectorRegistry()
+        self.dry_run = dry_run
+        # Exactly one of the two exists: a dashboard never shows deletions that a dry run did not make.
+        reaped_name, reaped_help = (
+            ("ipvs_reaper_would_reap", "Real servers a dry run would have deleted, by endpoint state")
+            if dry_run
+            else ("ipvs_reaper_reaped", "Real servers deleted, by the endpoint state that made them stale")
+        )
+        self.reaped = Counter(reaped_name, reaped_help, ["state", "protocol"], registry=r)
+        self.reap_failures = Counter(
+            "ipvs_reaper_reap_failures",
+            "Deletions that failed, by errno name (sysctl: expire_nodest_conn could not be set first; "
+            "reread: the real server could not be read again before deleting)",
+            ["reason"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "ipvs_reaper_refusals",
+            "Reconciles that deleted nothing on purpose, by why (breaker, sysctl, view)",
+            ["reason"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "ipvs_reaper_breaker_open",
+            "1 while the last reconcile was refused by the circuit breaker",
+            registry=r,
+        )
+        self.stale = Gauge(
+            "ipvs_reaper_stale_real_servers",
+            "Weight-0 real servers at the last sweep, by endpoint state and decision (reap, wait, keep)",
+            ["state", "decision"],
+            registry=r,
+        )
+        self.stale_oldest_age = Gauge(
+            "ipvs_reaper_stale_oldest_age_seconds",
+            "How long the oldest weight-0 real server still waiting (decision wait) has been at weight 0",
+            registry=r,
+        )
+        self.sweep_duration = Histogram(
+            "ipvs_reaper_sweep_duration_seconds",
+            "Time to read, plan and apply one whole-table sweep",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.last_sweep = Gauge(
+            "ipvs_reaper_last_sweep_timestamp_seconds",
+            "Unix time the last whole-table sweep ended",
+            registry=r,
+        )
+        self.event_to_reap = Histogram(
+            "ipvs_reaper_event_to_reap_seconds",
+            "From the watch event that made a real server stale to its deletion",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
         self.ready = Gauge(
-            "ipvs_reaper_ready", "1 once every kind is listed and the view is usable", registry=r
+            "ipvs_reaper_ready",
+            "1 once the view is complete and fresh and a good config is in force",
+            registry=r,
         )
         self.view_unusable = Gauge(
             "ipvs_reaper_cluster_view_unusable",
@@ -21,7 +101,7 @@ class AgentMetrics:
         )
         self.config_error = Gauge(
             "ipvs_reaper_config_error",
-            "1 while the config file is rejected (the last good one applies)",
+            "1 while the config file is rejected (the last good one applies, if any)",
             registry=r,
         )
         self.config_missing = Gauge(
@@ -29,10 +109,26 @@ class AgentMetrics:
             "1 while no good config has ever been read: nothing is reaped",
             registry=r,
         )
-        self.real_servers = Counter(
-            "ipvs_reaper_real_servers",
-            "Real servers the actor acted on, by outcome (deleted, would-delete, skipped, ...)",
-            ["outcome"],
+        self.config_reload = Gauge(
+            "ipvs_reaper_config_last_reload_timestamp_seconds",
+            "Unix time a changed config was last read and accepted",
+            registry=r,
+        )
+        self.node_exposed = Gauge(
+            "ipvs_reaper_node_exposed",
+            "Whether a reused source port can reach a dead pod on this node: 1 exposed, 0 not, -1 unknown",
+            registry=r,
+        )
+        self.sysctl = Gauge(
+            "ipvs_reaper_sysctl",
+            "The node's net.ipv4.vs sysctls as last read (-1: not present, ip_vs not loaded)",
+            ["name"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "ipvs_reaper_build_info",
+            "Always 1: the version and the node's kernel",
+            ["version", "kernel_release"],
             registry=r,
         )
         self.reconciles = Counter(
@@ -41,22 +137,68 @@ class AgentMetrics:
             ["trigger"],
             registry=r,
         )
-        self.refusals = Counter(
-            "ipvs_reaper_refusals",
-            "Reconciles that reaped nothing on purpose (breaker, sysctl, view)",
-            registry=r,
-        )
         self.errors = Counter(
-            "ipvs_reaper_errors", "Failures, by where (ipvs, list, heartbeat, event)", ["where"], registry=r
-        )
-        self.reconcile_seconds = Histogram(
-            "ipvs_reaper_reconcile_seconds",
-            "Time to read, plan and apply one reconcile",
-            ["trigger"],
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            "ipvs_reaper_errors",
+            "Failures to read or talk, by where (ipvs, list, heartbeat, event, addresses, sysctl)",
+            ["where"],
             registry=r,
         )
         self.events_posted = Counter("ipvs_reaper_events_posted", "Kubernetes Events posted", registry=r)
+        self._initialise(version, kernel_release)
+
+    def _initialise(self, version: str, kernel_release: str) -> None:
+        for state in REAPED_STATES:
+            for protocol in PROTOCOLS:
+                self.reaped.labels(state.value, protocol.value)
+        for reason in FAILURE_REASONS:
+            self.reap_failures.labels(reason)
+        for kind in RefusalKind:
+            self.refusals.labels(kind.value)
+        self.set_stale(())
+        for name in IPVS_SYSCTLS:
+            self.sysctl.labels(name).set(-1)
+        self.node_exposed.set(-1)
+        self.build_info.labels(version, kernel_release or "unknown").set(1)
+        for trigger in TRIGGERS:
+            self.reconciles.labels(trigger)
+        for site in ERROR_SITES:
+            self.errors.labels(site)
 
     def record(self, record: ActionRecord) -> None:
-        self.real_servers.labels(record.outcome.value).inc()
+        """One actor record: a deletion (or a dry run's), or a failure."""
+        rs = record.decision.real_server
+        if record.outcome in (Outcome.DELETED, Outcome.WOULD_DELETE):
+            self.reaped.labels(record.decision.endpoint.state.value, rs.key.virtual.protocol.value).inc()
+        elif record.outcome is Outcome.FAILED:
+            self.reap_failures.labels(record.failure_reason or "other").inc()
+        elif record.outcome is Outcome.REFUSED:
+            self.reap_failures.labels("sysctl").inc()
+
+    def refused(self, kind: RefusalKind | None) -> None:
+        """After each reconcile: why it deleted nothing on purpose, if it did not."""
+        if kind is not None:
+            self.refusals.labels(kind.value).inc()
+        self.breaker_open.set(1 if kind is RefusalKind.BREAKER else 0)
+
+    def swept(self, plan: Plan, now: datetime, seconds: float) -> None:
+        """After each whole-table sweep: the stale real servers it found and what it decided for them."""
+        stale = [d for d in plan.decisions if d.real_server.weight == 0]
+        self.set_stale((d.endpoint.state, d.action) for d in stale)
+        waiting = [plan.first_seen[d.real_server.key] for d in stale if d.action is Action.WAIT]
+        oldest = min(waiting, default=now)
+        self.stale_oldest_age.set(max(0.0, (now - oldest).total_seconds()))
+        self.sweep_duration.observe(seconds)
+        self.last_sweep.set(now.timestamp())
+
+    def set_stale(self, decided: Iterable[tuple[EndpointState, Action]]) -> None:
+        counts = {(state, action): 0 for state in EndpointState for action in Action}
+        for key in decided:
+            counts[key] += 1
+        for (state, action), count in counts.items():
+            self.stale.labels(state.value, action.value).set(count)
+
+    def kernel(self, facts: KernelFacts, exposure: Exposure) -> None:
+        for name in IPVS_SYSCTLS:
+            value = getattr(facts, name)
+            self.sysctl.labels(name).set(-1 if value is None else value)
+        self.node_exposed.set(_EXPOSED[exposure])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 from typing import Protocol
 
 from ipvs_reaper.values import IpvsTable, RealKey, RealServer, VirtualKey
@@ -10,6 +11,18 @@ from ipvs_reaper.values import IpvsTable, RealKey, RealServer, VirtualKey
 
 class IpvsError(Exception):
     """The kernel (or the fake) refused an IPVS operation for a reason other than 'already gone'."""
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        # A short, bounded name for metrics: the errno's (EPERM), or "other".
+        self.reason = reason
+
+
+def errno_name(code: int | None) -> str:
+    """`EPERM` for 1 (netlink answers carry negative codes); "other" when there is no errno."""
+    if code is None:
+        return "other"
+    return errno.errorcode.get(abs(code), "other")
 
 
 class DeleteOutcome(enum.Enum):

@@ -7,10 +7,11 @@ kube-proxy can race the reaper on a real node.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import replace
 
-from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError
+from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError, errno_name
 from ipvs_reaper.values import IpvsTable, RealKey, RealServer, VirtualKey, VirtualService
 
 
@@ -50,7 +51,8 @@ class FakeIpvs:
         self.deleted: list[RealKey] = []
         # Called with the key right before a delete is carried out: a test's stand-in for kube-proxy.
         self.before_delete: Callable[[RealKey], None] | None = None
-        self.fail_deletes: dict[RealKey, str] = {}
+        # Deletes that fail, with the errno the kernel would answer (errno.EPERM, ...).
+        self.fail_deletes: dict[RealKey, int] = {}
         if table is not None:
             self.load(table)
 
@@ -74,7 +76,8 @@ class FakeIpvs:
         if self.before_delete is not None:
             self.before_delete(key)
         if key in self.fail_deletes:
-            raise IpvsError(f"deleting {key}: {self.fail_deletes[key]}")
+            code = self.fail_deletes[key]
+            raise IpvsError(f"deleting {key}: {os.strerror(code)}", errno_name(code))
         if key not in self.real_servers:
             return DeleteOutcome.ALREADY_GONE
         del self.real_servers[key]

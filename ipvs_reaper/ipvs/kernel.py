@@ -17,7 +17,7 @@ from typing import Any
 from pyroute2 import IPVS, IPVSDest, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError
+from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError, errno_name
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.values import (
     IPPROTO_NUMBERS,
@@ -138,10 +138,14 @@ class KernelIpvs:
         except NetlinkError as error:
             if error.code in _GONE_ERRNOS:
                 return None
-            raise IpvsError(f"reading {virtual.protocol} {virtual} over netlink: {error}") from None
+            raise IpvsError(
+                f"reading {virtual.protocol} {virtual} over netlink: {error}", errno_name(error.code)
+            ) from None
         except OSError as error:
             self.close()
-            raise IpvsError(f"reading {virtual.protocol} {virtual} over netlink: {error}") from None
+            raise IpvsError(
+                f"reading {virtual.protocol} {virtual} over netlink: {error}", errno_name(error.errno)
+            ) from None
         try:
             return tuple(real_server_from_message(answer, virtual) for answer in answers)
         except (ValueError, TypeError) as error:
@@ -157,8 +161,8 @@ class KernelIpvs:
         except NetlinkError as error:
             if error.code in _GONE_ERRNOS:
                 return DeleteOutcome.ALREADY_GONE
-            raise IpvsError(f"deleting {key} over netlink: {error}") from None
+            raise IpvsError(f"deleting {key} over netlink: {error}", errno_name(error.code)) from None
         except OSError as error:
             self.close()
-            raise IpvsError(f"deleting {key} over netlink: {error}") from None
+            raise IpvsError(f"deleting {key} over netlink: {error}", errno_name(error.errno)) from None
         return DeleteOutcome.DELETED

@@ -23,8 +23,13 @@ class Sysctls(Protocol):
         """Set net.ipv4.vs.NAME; raises SysctlError when the kernel refuses."""
 
 
+# In a container /proc/sys is mounted read-only; a bind mount of this directory elsewhere is writable (and
+# is the host's, with hostNetwork): `--sysctl-dir` points there.
+DEFAULT_SYSCTL_DIR = Path("/proc/sys/net/ipv4/vs")
+
+
 class ProcSysctls:
-    def __init__(self, root: Path = Path("/proc/sys/net/ipv4/vs")) -> None:
+    def __init__(self, root: Path = DEFAULT_SYSCTL_DIR) -> None:
         self._root = root
 
     def read(self, name: str) -> int | None:
@@ -40,7 +45,9 @@ class ProcSysctls:
             (self._root / name).write_text(f"{value}\n")
         except OSError as error:
             # In a container /proc/sys is usually mounted read-only unless the pod is privileged.
-            raise SysctlError(f"setting net.ipv4.vs.{name}={value}: {error.strerror or error}") from None
+            raise SysctlError(
+                f"setting net.ipv4.vs.{name}={value} in {self._root}: {error.strerror or error}"
+            ) from None
 
 
 class FakeSysctls:

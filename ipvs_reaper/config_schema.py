@@ -1,0 +1,98 @@
+"""The config file's JSON Schema, built from the same names and bounds `config.py` validates with.
+
+The chart's `values.schema.json` carries it under `config`, so `helm install` rejects a bad policy before a
+pod starts; `tests/chart/test_schema.py` proves that the schema and `parse_config` accept and reject the same
+documents. What a JSON Schema cannot say (a rule's `maxWaitSeconds` below the `graceSeconds` it ends up
+with, and CIDR syntax in full) the chart's templates check, so helm still refuses it.
+
+`python -m ipvs_reaper.config_schema` prints it; the test fails when the chart's copy differs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ipvs_reaper.config import (
+    BREAKER_KEYS,
+    CIDR_PATTERN,
+    MAX_COUNT,
+    MAX_SECONDS,
+    RULE_KEYS,
+    STATE_KEYS,
+    TOP_KEYS,
+    ReapMode,
+    SysctlMode,
+)
+
+_SECONDS = {"type": "integer", "minimum": 0, "maximum": MAX_SECONDS}
+_OBJECT_OR_NULL = ["object", "null"]  # an empty key (`policy:`) means "nothing to change", as in the agent
+
+
+def _rule() -> dict[str, Any]:
+    return {
+        "type": _OBJECT_OR_NULL,
+        "additionalProperties": False,
+        "properties": {
+            "reap": {"enum": [mode.value for mode in ReapMode]},
+            "graceSeconds": _SECONDS,
+            # null: no cap (removes the one the rule would inherit)
+            "maxWaitSeconds": {"oneOf": [_SECONDS, {"type": "null"}]},
+        },
+    }
+
+
+def _policy() -> dict[str, Any]:
+    return {
+        "type": _OBJECT_OR_NULL,
+        "additionalProperties": False,
+        "properties": {key: _rule() for key in STATE_KEYS},
+    }
+
+
+def config_schema() -> dict[str, Any]:
+    """Self-contained (no `$ref`): it is embedded in the chart's values schema, whose root `#` is not this."""
+    return {
+        "type": _OBJECT_OR_NULL,
+        "description": "The agent's config file (README: Configuration), written to the ConfigMap as it is",
+        "additionalProperties": False,
+        "properties": {
+            "policy": _policy(),
+            "namespaces": {"type": _OBJECT_OR_NULL, "additionalProperties": _policy()},
+            "expireNodestConn": {"enum": [mode.value for mode in SysctlMode]},
+            "breaker": {
+                "type": _OBJECT_OR_NULL,
+                "additionalProperties": False,
+                "properties": {
+                    "maxShare": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "minDeletions": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
+                    "maxPerSweep": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
+                },
+            },
+            "nodePortAddresses": {
+                "oneOf": [
+                    {"type": "null"},
+                    {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": CIDR_PATTERN}},
+                ]
+            },
+        },
+    }
+
+
+def schema_keys() -> dict[str, set[str]]:
+    """The keys the schema names, by where: for the test that they are the agent's."""
+    schema = config_schema()
+    props = schema["properties"]
+    return {
+        "top": set(props),
+        "policy": set(props["policy"]["properties"]),
+        "rule": set(props["policy"]["properties"]["gone"]["properties"]),
+        "breaker": set(props["breaker"]["properties"]),
+    }
+
+
+EXPECTED_KEYS = {"top": TOP_KEYS, "policy": set(STATE_KEYS), "rule": RULE_KEYS, "breaker": BREAKER_KEYS}
+
+
+if __name__ == "__main__":
+    print(json.dumps(config_schema(), indent=2))

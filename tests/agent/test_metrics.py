@@ -1,0 +1,142 @@
+"""The metrics contract, scraped over HTTP from the running agent: names, labels pre-created at 0, no
+`_created` series, and each metric moving when what it counts happens."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from ipvs_reaper.ipvs.fake import FakeIpvs
+from ipvs_reaper.kernel.sysctl import FakeSysctls
+from tests.agent.harness import SLICES, Cluster, eventually, options, real, running, table
+from tests.agent.test_agent import WEB, seed, web_slice
+from tests.builders import endpoint
+from tests.conftest import ROOT
+
+# The names of the contract (issue: "a contract from now on"), as exposed (counters with `_total`).
+CONTRACT = {
+    "ipvs_reaper_reaped_total": ("state", "protocol"),
+    "ipvs_reaper_reap_failures_total": ("reason",),
+    "ipvs_reaper_refusals_total": ("reason",),
+    "ipvs_reaper_breaker_open": (),
+    "ipvs_reaper_stale_real_servers": ("state", "decision"),
+    "ipvs_reaper_stale_oldest_age_seconds": (),
+    "ipvs_reaper_sweep_duration_seconds_count": (),
+    "ipvs_reaper_last_sweep_timestamp_seconds": (),
+    "ipvs_reaper_event_to_reap_seconds_count": (),
+    "ipvs_reaper_ready": (),
+    "ipvs_reaper_cluster_view_unusable": (),
+    "ipvs_reaper_config_error": (),
+    "ipvs_reaper_config_last_reload_timestamp_seconds": (),
+    "ipvs_reaper_node_exposed": (),
+    "ipvs_reaper_sysctl": ("name",),
+    "ipvs_reaper_build_info": ("version", "kernel_release"),
+}
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(agent: Any) -> Samples:
+    url = f"http://127.0.0.1:{agent.options.listen_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, metric: str, **labels: str) -> float:
+    return samples[(metric, frozenset(labels.items()))]
+
+
+async def test_every_contract_series_exists_from_the_first_scrape(api: Any, tmp_path: Path) -> None:
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1)))
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        async with running(options(tmp_path, str(api.url)), fake) as agent:
+            samples = await scrape(agent)
+    names = {name for name, _ in samples}
+    for name, labels in CONTRACT.items():
+        assert name in names, name
+        assert all({label for label, _ in key} == set(labels) for n, key in samples if n == name), name
+    assert not [name for name in names if name.endswith("_created")]
+    assert "ipvs_reaper_would_reap_total" not in names
+    for state in ("gone", "terminating", "not-ready"):
+        for protocol in ("TCP", "UDP", "SCTP"):
+            assert value(samples, "ipvs_reaper_reaped_total", state=state, protocol=protocol) == 0
+    for reason in ("breaker", "sysctl", "view"):
+        assert value(samples, "ipvs_reaper_refusals_total", reason=reason) == 0
+    assert value(samples, "ipvs_reaper_reap_failures_total", reason="EPERM") == 0
+    assert value(samples, "ipvs_reaper_stale_real_servers", state="gone", decision="reap") == 0
+
+
+def test_the_readme_documents_every_contract_metric() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in CONTRACT:
+        base = name.removesuffix("_count")
+        assert f"`{base}" in readme, f"{base} is not in README.md"
+    assert "`ipvs_reaper_would_reap_total" in readme
+
+
+async def test_deletions_failures_and_the_kernel_show(api: Any, tmp_path: Path) -> None:
+    gone, failing = real(WEB, "10.1.0.2", 8080), real(WEB, "10.1.0.3", 8080)
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), gone, failing))
+    fake.fail_deletes[failing.key] = errno.EPERM
+    sysctls = FakeSysctls({"conn_reuse_mode": 0, "expire_nodest_conn": 0, "expire_quiescent_template": 1})
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1"), endpoint("10.1.0.2"), endpoint("10.1.0.3")))
+        async with running(options(tmp_path, str(api.url)), fake, sysctls=sysctls) as agent:
+            await eventually(lambda: not agent.not_ready_because(), what="ready")
+            samples = await scrape(agent)
+            assert value(samples, "ipvs_reaper_node_exposed") == 1  # reuse 0, nodest 0
+            assert value(samples, "ipvs_reaper_sysctl", name="conn_reuse_mode") == 0
+            # The two pods go; kube-proxy has already set their weights to 0.
+            await cluster.patch(SLICES, web_slice(endpoint("10.1.0.1")))
+            await eventually(lambda: fake.deleted == [gone.key], what="reaped")
+            await eventually(lambda: agent.metrics.reap_failures.labels("EPERM")._value.get() >= 1)
+            agent.request_sweep()
+            await eventually(lambda: agent.metrics.sweep_duration._sum.get() > 0, what="a sweep")
+            samples = await scrape(agent)
+    assert value(samples, "ipvs_reaper_reaped_total", state="gone", protocol="TCP") == 1
+    assert value(samples, "ipvs_reaper_event_to_reap_seconds_count") >= 1
+    assert value(samples, "ipvs_reaper_reap_failures_total", reason="EPERM") >= 1
+    # The agent set expire_nodest_conn=1 before deleting (enforce): the gauge shows the value it read last.
+    assert sysctls.values["expire_nodest_conn"] == 1
+    assert value(samples, "ipvs_reaper_stale_real_servers", state="gone", decision="reap") == 1
+    assert value(samples, "ipvs_reaper_last_sweep_timestamp_seconds") > 0
+
+
+async def test_a_dry_run_counts_what_it_would_reap_and_nothing_as_reaped(api: Any, tmp_path: Path) -> None:
+    gone = real(WEB, "10.1.0.2", 8080)
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), gone))
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        async with running(options(tmp_path, str(api.url), dry_run=True), fake) as agent:
+            await eventually(lambda: agent.metrics.reaped.labels("gone", "TCP")._value.get() == 1)
+            samples = await scrape(agent)
+    assert fake.deleted == []
+    assert value(samples, "ipvs_reaper_would_reap_total", state="gone", protocol="TCP") == 1
+    assert not [name for name, _ in samples if name == "ipvs_reaper_reaped_total"]
+
+
+async def test_the_breaker_is_a_refusal_and_a_gauge(api: Any, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("breaker: {maxShare: 0.1, minDeletions: 1}\n")
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080)))
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        async with running(options(tmp_path, str(api.url), config_path=config), fake) as agent:
+            await eventually(lambda: agent.metrics.breaker_open._value.get() == 1, what="breaker open")
+            samples = await scrape(agent)
+            assert value(samples, "ipvs_reaper_refusals_total", reason="breaker") >= 1
+            assert value(samples, "ipvs_reaper_config_last_reload_timestamp_seconds") > 0
+            config.write_text("breaker: {maxShare: 1}\n")
+            await eventually(lambda: fake.deleted != [], what="reaped once the breaker allows")
+            await eventually(lambda: agent.metrics.breaker_open._value.get() == 0, what="breaker closed")
