@@ -1,0 +1,122 @@
+{{- define "ipvs-reaper.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ipvs-reaper.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ipvs-reaper.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "ipvs-reaper.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "ipvs-reaper.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ipvs-reaper.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "ipvs-reaper.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ipvs-reaper.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ipvs-reaper.configMapName" -}}
+{{- default (include "ipvs-reaper.fullname" .) .Values.existingConfigMap }}
+{{- end }}
+
+{{- define "ipvs-reaper.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the host's /proc/sys/net/ipv4/vs is mounted writable: only when the agent may write
+expire_nodest_conn (enforce, its default) and is not in a dry run.
+*/}}
+{{- define "ipvs-reaper.sysctlWritable" -}}
+{{- $mode := .Values.sysctlMount | toString }}
+{{- if eq $mode "true" }}true
+{{- else if eq $mode "auto" }}
+{{- $config := .Values.config | default dict }}
+{{- $enforce := or .Values.existingConfigMap (eq (get $config "expireNodestConn" | default "enforce") "enforce") }}
+{{- if and $enforce (not .Values.dryRun) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+What a JSON Schema cannot say and the agent refuses: a rule whose maxWaitSeconds ends before its
+graceSeconds. For `policy`, the rule as the agent merges it with its defaults; for a namespace, the override
+itself. Keep in step with ipvs_reaper/config.py (DEFAULT_POLICY); tests/chart/test_schema.py checks that
+helm and the agent accept and reject the same documents.
+*/}}
+{{- define "ipvs-reaper.checkConfig" -}}
+{{- $config := .Values.config | default dict }}
+{{- $defaults := dict "gone" (list 0 300) "terminating" (list 0 300) "notReady" (list 30 nil) }}
+{{- $policy := get $config "policy" | default dict }}
+{{- range $state, $default := $defaults }}
+{{- $rule := get $policy $state | default dict }}
+{{- $grace := ternary (get $rule "graceSeconds") (index $default 0) (hasKey $rule "graceSeconds") }}
+{{- $wait := ternary (get $rule "maxWaitSeconds") (index $default 1) (hasKey $rule "maxWaitSeconds") }}
+{{- if and (not (kindIs "invalid" $wait)) (lt (float64 $wait) (float64 $grace)) }}
+{{- fail (printf "config.policy.%s.maxWaitSeconds: must not be less than graceSeconds (%v < %v)" $state $wait $grace) }}
+{{- end }}
+{{- end }}
+{{- range $namespace, $override := (get $config "namespaces" | default dict) }}
+{{- range $state, $rule := ($override | default dict) }}
+{{- $rule = $rule | default dict }}
+{{- $grace := get $rule "graceSeconds" }}
+{{- $wait := get $rule "maxWaitSeconds" }}
+{{- if and (not (kindIs "invalid" $wait)) (not (kindIs "invalid" $grace)) (lt (float64 $wait) (float64 $grace)) }}
+{{- fail (printf "config.namespaces.%s.%s.maxWaitSeconds: must not be less than graceSeconds (%v < %v)" $namespace $state $wait $grace) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+rules/ipvs-reaper.rules.yaml, the one source of the alerts (also loadable into Prometheus as it is), with
+values applied: an alert switched off is left out; `for`, `severity` and `threshold` (the number its
+expression ends with) replace the file's; runbook URLs move to alerts.runbookBaseUrl.
+*/}}
+{{- define "ipvs-reaper.rules" -}}
+{{- $file := .Files.Get "rules/ipvs-reaper.rules.yaml" | fromYaml }}
+{{- $settings := .Values.alerts.rules | default dict }}
+{{- $base := .Values.alerts.runbookBaseUrl }}
+{{- $groups := list }}
+{{- range $group := $file.groups }}
+{{- $rules := list }}
+{{- range $rule := $group.rules }}
+{{- $set := get $settings $rule.alert | default dict }}
+{{- if ne (toString (get $set "enabled")) "false" }}
+{{- $rule = deepCopy $rule }}
+{{- if hasKey $set "for" }}{{ $_ := set $rule "for" (get $set "for") }}{{ end }}
+{{- if hasKey $set "severity" }}{{ $_ := set $rule.labels "severity" (get $set "severity") }}{{ end }}
+{{- if hasKey $set "threshold" }}
+{{- $_ := set $rule "expr" (regexReplaceAll "([<>=!]=?)\\s*[-+0-9.e]+\\s*$" (trimSuffix "\n" $rule.expr) (printf "${1} %v" (get $set "threshold"))) }}
+{{- end }}
+{{- $_ := set $rule.annotations "runbook_url" (printf "%s#%s" $base (lower $rule.alert)) }}
+{{- $rules = append $rules $rule }}
+{{- end }}
+{{- end }}
+{{- $groups = append $groups (dict "name" $group.name "rules" $rules) }}
+{{- end }}
+{{- toYaml (dict "groups" $groups) }}
+{{- end }}
