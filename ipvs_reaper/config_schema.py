@@ -5,12 +5,15 @@ pod starts; `tests/chart/test_schema.py` proves that the schema and `parse_confi
 documents. What a JSON Schema cannot say (a rule's `maxWaitSeconds` below the `graceSeconds` it ends up
 with, and CIDR syntax in full) the chart's templates check, so helm still refuses it.
 
-`python -m ipvs_reaper.config_schema` prints it; the test fails when the chart's copy differs.
+`python -m ipvs_reaper.config_schema` prints it, `... --write` updates the chart's copy; the test fails when
+the two differ.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from ipvs_reaper.config import (
@@ -94,5 +97,15 @@ def schema_keys() -> dict[str, set[str]]:
 EXPECTED_KEYS = {"top": TOP_KEYS, "policy": set(STATE_KEYS), "rule": RULE_KEYS, "breaker": BREAKER_KEYS}
 
 
+def write_into(values_schema: Path) -> None:
+    """Replace the chart's copy (`properties.config` of its values schema) with this one."""
+    document = json.loads(values_schema.read_text())
+    document["properties"]["config"] = config_schema()
+    values_schema.write_text(json.dumps(document, indent=2) + "\n")
+
+
 if __name__ == "__main__":
-    print(json.dumps(config_schema(), indent=2))
+    if sys.argv[1:2] == ["--write"]:
+        write_into(Path(sys.argv[2] if len(sys.argv) > 2 else "charts/ipvs-reaper/values.schema.json"))
+    else:
+        print(json.dumps(config_schema(), indent=2))

@@ -7,6 +7,7 @@ reported where it stands, and every failure is a YamlTextError with the line, ne
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,11 @@ def _construct_mapping(loader: _StrictLoader, node: MappingNode, deep: bool = Fa
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 wants a dot in a float; JSON and YAML 1.2 do not. Helm writes 0.0000001 as `1e-07`, which would
+# otherwise be read as text and refused.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def yaml_error_text(error: yaml.YAMLError) -> YamlTextError:

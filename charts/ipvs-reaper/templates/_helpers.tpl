@@ -82,8 +82,8 @@ helm and the agent accept and reject the same documents.
 {{- range $namespace, $override := (get $config "namespaces" | default dict) }}
 {{- range $state, $rule := ($override | default dict) }}
 {{- $rule = $rule | default dict }}
-{{- $grace := get $rule "graceSeconds" }}
-{{- $wait := get $rule "maxWaitSeconds" }}
+{{- $grace := ternary (get $rule "graceSeconds") nil (hasKey $rule "graceSeconds") }}
+{{- $wait := ternary (get $rule "maxWaitSeconds") nil (hasKey $rule "maxWaitSeconds") }}
 {{- if and (not (kindIs "invalid" $wait)) (not (kindIs "invalid" $grace)) (lt (float64 $wait) (float64 $grace)) }}
 {{- fail (printf "config.namespaces.%s.%s.maxWaitSeconds: must not be less than graceSeconds (%v < %v)" $namespace $state $wait $grace) }}
 {{- end }}

@@ -1,0 +1,297 @@
+"""The Helm chart, with a real helm (v3.17.1): lint, render over value sets, validate every object against the
+oldest and newest Kubernetes we claim, checkov with justified skips, and what the pod may do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ipvs_reaper import package_version
+from ipvs_reaper.config import parse_config_text
+from tests.chart.render import (
+    CHART,
+    MONITORING,
+    NAMESPACE,
+    containers,
+    objects_of,
+    render,
+    render_text,
+    values_file,
+)
+from tests.tools import checkov, helm
+
+# The Kubernetes versions the chart claims (Chart.yaml's kubeVersion is the oldest).
+KUBERNETES = ("1.25.0", "1.37.0")
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "dry-run": {"dryRun": True},
+    "events": {"postEvents": True},
+    "monitors-and-rules": {
+        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        "alerts": {"prometheusRule": {"enabled": True}},
+    },
+    "rbac-proxy": {"metrics": {"kubeRbacProxy": {"enabled": True}, "serviceMonitor": {"enabled": True}}},
+    "existing-config-map": {"existingConfigMap": "site-policy"},
+    "report-only": {"config": {"expireNodestConn": "report-only"}},
+    "policy": {
+        "config": {
+            "policy": {"notReady": {"graceSeconds": 60, "maxWaitSeconds": None}},
+            "namespaces": {"payments": {"gone": {"reap": "never"}}},
+            "breaker": {"maxShare": 0.25},
+            "nodePortAddresses": ["192.168.0.0/16", "fd00::/8"],
+        }
+    },
+    "everything-off": {
+        "serviceAccount": {"create": False, "name": "reaper"},
+        "rbac": {"create": False},
+        "metrics": {"service": {"enabled": False}},
+        "firstSeen": {"enabled": False},
+        "sysctlMount": False,
+        "alerts": {"rules": {"IpvsReaperDown": {"enabled": False}}},
+        "tolerations": [],
+        "nodeSelector": {},
+        "updateStrategy": {"type": "OnDelete"},
+    },
+}
+
+# checkov's findings we accept, and why. Anything else fails the test.
+CHECKOV_SKIPS = {
+    "CKV_K8S_19": "hostNetwork: the IPVS table and sysctls to reap are the node's network namespace's",
+    "CKV_K8S_25": "NET_ADMIN is the one capability added: IPVS netlink needs it",
+    "CKV_K8S_23": "UID 0: without ambient capabilities a non-root process has no effective ones (k8s#56374)",
+    "CKV_K8S_40": "UID 0, as above",
+    "CKV_K8S_38": "the token is needed: the agent watches Services, EndpointSlices and its Node",
+    "CKV_K8S_11": "no CPU limit: throttling a node-critical agent delays reaps; its request reserves a share",
+    "CKV_K8S_43": "tags by default, so a locally built image installs; image.digest pins one",
+    "CKV_K8S_15": "IfNotPresent: a node-critical pod must start while the registry is down; pin by digest",
+    "CKV2_K8S_6": "NetworkPolicy does not apply to hostNetwork pods; /metrics can sit behind kube-rbac-proxy",
+}
+
+
+def api_versions(name: str) -> tuple[str, ...]:
+    return MONITORING if name in ("monitors-and-rules", "rbac-proxy") else ()
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: render(values, api_versions(name)) for name, values in VALUE_SETS.items()}
+
+
+def test_lint_strict(tmp_path: Path) -> None:
+    for name, values in VALUE_SETS.items():
+        command = [helm(), "lint", "--strict", str(CHART), "-f", str(values_file(values, tmp_path))]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("version", KUBERNETES)
+def test_every_object_is_valid_kubernetes(rendered: dict[str, list[dict[str, Any]]], version: str) -> None:
+    for name, documents in rendered.items():
+        for document in documents:
+            if document["apiVersion"].startswith("monitoring.coreos.com/"):
+                continue  # a CRD's: tests/chart/test_monitoring_objects.py
+            try:
+                kubernetes_validate.validate(document, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                raise AssertionError(f"{name}: {document['kind']} on {version}: {error.message}") from None
+
+
+def test_checkov_finds_nothing_but_the_justified(tmp_path: Path) -> None:
+    for name, values in VALUE_SETS.items():
+        manifest = tmp_path / f"{name}.yaml"
+        manifest.write_text(render_text(values, api_versions(name)))
+        result = subprocess.run(
+            [
+                checkov(),
+                "--file",
+                str(manifest),
+                "--framework",
+                "kubernetes",
+                "--skip-download",
+                "--skip-check",
+                ",".join(CHECKOV_SKIPS),
+                "--output",
+                "json",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+        )
+        report = json.loads(result.stdout or "{}")
+        failed = [
+            f"{check['check_id']} {check['resource']}"
+            for part in (report if isinstance(report, list) else [report])
+            for check in part.get("results", {}).get("failed_checks", [])
+        ]
+        assert failed == [], f"{name}: {failed}"
+        assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+
+
+def cluster_role_rules(documents: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    rules: dict[tuple[str, str], set[str]] = {}
+    for role in objects_of(documents, "ClusterRole"):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    rules.setdefault((group, resource), set()).update(rule["verbs"])
+    return rules
+
+
+READS = {"get", "list", "watch"}
+
+
+def test_rbac_reads_what_it_watches_and_writes_only_events_when_posting(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    watched = {("", "services"): READS, ("", "nodes"): READS, ("discovery.k8s.io", "endpointslices"): READS}
+    assert cluster_role_rules(rendered["defaults"]) == watched
+    assert cluster_role_rules(rendered["events"]) == watched | {("", "events"): {"create"}}
+    assert cluster_role_rules(rendered["rbac-proxy"]) == watched | {
+        ("authentication.k8s.io", "tokenreviews"): {"create"},
+        ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    }
+    assert cluster_role_rules(rendered["everything-off"]) == {}
+    for name, documents in rendered.items():
+        for kind in ("Role", "RoleBinding"):
+            assert not objects_of(documents, kind), name
+        (binding,) = objects_of(documents, "ClusterRoleBinding") or [None]
+        if binding is not None:
+            (subject,) = binding["subjects"]
+            assert subject["namespace"] == NAMESPACE
+
+
+def privileged(node: Any) -> bool:
+    if isinstance(node, dict):
+        return node.get("privileged") is True or any(privileged(value) for value in node.values())
+    return isinstance(node, list) and any(privileged(value) for value in node)
+
+
+def test_the_pod_is_a_node_agent_with_one_capability(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for name, documents in rendered.items():
+        assert not privileged(documents), name
+        (daemonset,) = objects_of(documents, "DaemonSet")
+        pod = daemonset["spec"]["template"]["spec"]
+        assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+        assert pod["priorityClassName"] == "system-node-critical"
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "checksum/config" not in json.dumps(daemonset["spec"]["template"]["metadata"])
+        agent, *others = containers(daemonset)
+        context = agent["securityContext"]
+        assert context["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}, name
+        assert context["runAsUser"] == 0 and context["privileged"] is False
+        assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+        assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in agent[
+            "env"
+        ]
+        assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert agent["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        for other in others:
+            assert other["securityContext"]["capabilities"] == {"drop": ["ALL"]}, name
+            assert other["securityContext"]["runAsNonRoot"] is True
+    pod = objects_of(rendered["defaults"], "DaemonSet")[0]["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert (
+        objects_of(rendered["defaults"], "DaemonSet")[0]["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    )
+
+
+def writable_host_mounts(daemonset: dict[str, Any]) -> list[str]:
+    """The hostPath volumes the agent mounts writable, by host path."""
+    volumes = {
+        volume["name"]: volume["hostPath"]["path"]
+        for volume in daemonset["spec"]["template"]["spec"]["volumes"]
+        if "hostPath" in volume
+    }
+    agent = containers(daemonset)[0]
+    return sorted(
+        volumes[mount["name"]]
+        for mount in agent["volumeMounts"]
+        if mount["name"] in volumes and not mount.get("readOnly", False)
+    )
+
+
+SYSCTLS = "/proc/sys/net/ipv4/vs"
+
+
+def test_the_sysctls_are_writable_only_when_the_agent_enforces(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    enforcing = {"defaults", "events", "monitors-and-rules", "rbac-proxy", "existing-config-map", "policy"}
+    for name, documents in rendered.items():
+        (daemonset,) = objects_of(documents, "DaemonSet")
+        writable = SYSCTLS in writable_host_mounts(daemonset)
+        args = containers(daemonset)[0]["args"]
+        assert writable == (name in enforcing), name
+        assert any(arg.startswith("--sysctl-dir=") for arg in args) == writable, name
+        for mount in containers(daemonset)[0]["volumeMounts"]:
+            assert not mount["mountPath"].startswith("/proc"), name
+    first_seen = writable_host_mounts(objects_of(rendered["report-only"], "DaemonSet")[0])
+    assert first_seen == ["/var/lib/ipvs-reaper"]  # the grace clocks, nothing of the kernel's
+
+
+def test_the_config_map_holds_the_config_the_agent_reads(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for name, values in VALUE_SETS.items():
+        maps = objects_of(rendered[name], "ConfigMap")
+        if values.get("existingConfigMap"):
+            assert maps == []
+            (daemonset,) = objects_of(rendered[name], "DaemonSet")
+            volume = daemonset["spec"]["template"]["spec"]["volumes"][0]
+            assert volume["configMap"]["name"] == "site-policy"
+            continue
+        (config_map,) = maps
+        text = config_map["data"]["config.yaml"]
+        assert yaml.safe_load(text) in (values.get("config", {}), None)
+        parse_config_text(text, "config.yaml")  # raises if the agent would reject it
+
+
+def test_monitoring_objects_only_where_the_cluster_has_their_api() -> None:
+    values = VALUE_SETS["monitors-and-rules"]
+    kinds = {document["kind"] for document in render(values, MONITORING)}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+    kinds = {document["kind"] for document in render(values, ())}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def test_a_pod_monitor_cannot_be_combined_with_the_rbac_proxy() -> None:
+    values = {"metrics": {"kubeRbacProxy": {"enabled": True}, "podMonitor": {"enabled": True}}}
+    with pytest.raises(AssertionError, match=r"use metrics\.serviceMonitor"):
+        render(values, MONITORING)
+
+
+def test_package_carries_the_agent_version(tmp_path: Path) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == package_version()
+    subprocess.run([helm(), "package", str(CHART), "-d", str(tmp_path)], check=True, capture_output=True)
+    (archive,) = tmp_path.glob("ipvs-reaper-*.tgz")
+    with tarfile.open(archive) as packaged:
+        names = set(packaged.getnames())
+    for expected in (
+        "values.schema.json",
+        "rules/ipvs-reaper.rules.yaml",
+        "README.md",
+        "templates/NOTES.txt",
+    ):
+        assert f"ipvs-reaper/{expected}" in names, expected
+
+
+def test_the_chart_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+
+    def paths(node: Any, prefix: str = "") -> list[str]:
+        if isinstance(node, dict) and node and prefix not in ("config", "alerts.rules", "resources"):
+            return [p for key, value in node.items() for p in paths(value, f"{prefix}.{key}".lstrip("."))]
+        return [prefix]
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [path for path in paths(values) if f"`{path}`" not in readme]
+    assert missing == []
