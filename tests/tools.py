@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -80,9 +79,8 @@ def checkov() -> Path:
 def debian_binary(name: str) -> Path:
     found = shutil.which(name)
     if found is None:
-        raise AssertionError(f"{name} is missing: run tests/vm/host-packages.sh (Debian's prometheus package)")
+        raise AssertionError(
+            f"{name} is missing: run tests/vm/host-packages.sh (Debian's prometheus package)"
+        )
     return Path(found)
 
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -20,7 +20,11 @@ ALERTS_DOC = ROOT / "docs" / "alerts.md"
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(debian_binary("promtool")), *args], capture_output=True, text=True, check=False, cwd=UNIT_TESTS.parent
+        [str(debian_binary("promtool")), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=UNIT_TESTS.parent,
     )
 
 
@@ -44,7 +48,9 @@ def test_promtool_unit_tests_pass() -> None:
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
-    cases = [case for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"] for case in test["alert_rule_test"]]
+    cases = [
+        case for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"] for case in test["alert_rule_test"]
+    ]
     for rule in shipped():
         mine = [case for case in cases if case["alertname"] == rule["alert"]]
         assert any(case["exp_alerts"] for case in mine), f"{rule['alert']}: no case where it fires"

@@ -1,0 +1,146 @@
+"""The shipped alerts in a real Prometheus (Debian's package) scraping the running agent.
+
+The agent runs against kmock's emulator and the fake table; Prometheus (loopback, 1 s scrape and evaluation,
+its data in a temp dir) loads the rules as the chart renders them, with `for` shortened so the test is
+bounded. Deletions fail in the fake table: IpvsReaperReapFailures fires. The emulator stops: the agent loses
+its view and IpvsReaperNotReady fires. Both are read from Prometheus's own API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import yaml
+
+from ipvs_reaper.ipvs.fake import FakeIpvs
+from tests.agent.harness import SLICES, Cluster, eventually, free_port, options, real, running, table
+from tests.agent.test_agent import WEB, seed, web_slice
+from tests.builders import endpoint
+from tests.chart.render import MONITORING, objects_of, render
+from tests.tools import debian_binary
+
+NODE = "node-a"
+
+
+def rules_file(directory: Path) -> Path:
+    """The chart's PrometheusRule rules, `for` shortened for the two alerts under test."""
+    quick = {"for": "1s"}
+    values = {
+        "alerts": {
+            "prometheusRule": {"enabled": True},
+            "rules": {"IpvsReaperReapFailures": quick, "IpvsReaperNotReady": quick},
+        }
+    }
+    (rule,) = objects_of(render(values, MONITORING), "PrometheusRule")
+    path = directory / "ipvs-reaper.rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def prometheus(directory: Path, target_port: int) -> AsyncIterator[str]:
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "rule_files": [str(rules_file(directory))],
+        "scrape_configs": [
+            {
+                "job_name": "ipvs-reaper",
+                "static_configs": [{"targets": [f"127.0.0.1:{target_port}"], "labels": {"node": NODE}}],
+            }
+        ],
+    }
+    (directory / "prometheus.yml").write_text(json.dumps(config))
+    log = (directory / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(debian_binary("prometheus")),
+            f"--config.file={directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.console.templates=/dev/null",
+            "--web.console.libraries=/dev/null",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/-/ready") as response:
+                        if response.status == 200:
+                            break
+                assert process.poll() is None, (directory / "prometheus.log").read_text()[-3000:]
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+async def firing(url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/alerts") as response:
+        body = await response.json()
+    return [alert for alert in body["data"]["alerts"] if alert["state"] == "firing"]
+
+
+async def wait_for_alert(url: str, name: str, timeout: float) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = [alert for alert in await firing(url) if alert["labels"]["alertname"] == name]
+        if found:
+            return found[0]
+        assert asyncio.get_running_loop().time() < deadline, f"{name} did not fire within {timeout} s"
+        await asyncio.sleep(0.5)
+
+
+async def test_reap_failures_and_not_ready_fire_in_a_real_prometheus(tmp_path: Path) -> None:
+    gone = real(WEB, "10.1.0.2", 8080)
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), gone))
+    fake.fail_deletes[gone.key] = errno.EPERM
+    async with kmock.KubernetesEmulator() as emulator:
+        emulator.resources.load_bundled()
+        server = kmock.Server(emulator)
+        await server.__aenter__()
+        # Stopping it closes the listener at once but waits for open watch streams (up to a minute): it
+        # finishes in the background, and quickly once the agent has stopped and closed them.
+        stopping: asyncio.Task[None] | None = None
+        try:
+            url = str(server.url)
+            async with Cluster(url) as cluster:
+                await seed(cluster, web_slice(endpoint("10.1.0.1"), endpoint("10.1.0.2")))
+            agent_options = options(tmp_path, url)
+            async with (
+                running(agent_options, fake) as agent,
+                prometheus(tmp_path, agent_options.listen_port) as prom,
+            ):
+                await eventually(lambda: not agent.not_ready_because(), timeout=20, what="ready")
+                assert not [a for a in await firing(prom) if a["labels"]["alertname"] == "IpvsReaperNotReady"]
+                async with Cluster(url) as cluster:
+                    await cluster.patch(SLICES, web_slice(endpoint("10.1.0.1")))  # the pod goes
+                alert = await wait_for_alert(prom, "IpvsReaperReapFailures", timeout=30)
+                assert alert["labels"]["reason"] == "EPERM" and alert["labels"]["node"] == NODE
+                assert NODE in alert["annotations"]["description"]
+                assert fake.deleted == []
+
+                stopping = asyncio.create_task(server.__aexit__(None, None, None))  # the API goes away
+                alert = await wait_for_alert(prom, "IpvsReaperNotReady", timeout=30)
+                assert alert["labels"]["node"] == NODE
+        finally:
+            await asyncio.wait_for(stopping or server.__aexit__(None, None, None), timeout=90)
