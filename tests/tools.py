@@ -83,4 +83,3 @@ def debian_binary(name: str) -> Path:
             f"{name} is missing: run tests/vm/host-packages.sh (Debian's prometheus package)"
         )
     return Path(found)
-

@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1.4
+# ipvs-reaper's image: Debian's Python 3.11 and a virtualenv of the package, nothing else.
+#
+#   podman build -t ipvs-reaper .                 (or docker build)
+#
+# Behind a TLS-inspecting proxy, hand pip the proxy's CA bundle as a build secret; it is read during that
+# one step and never stored in a layer:
+#
+#   podman build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t ipvs-reaper .
+
+ARG BASE=debian:bookworm-slim
+
+FROM ${BASE} AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/ipvs-reaper
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY ipvs_reaper ./ipvs_reaper
+# pip and setuptools leave with the build. Of the kubernetes package: its asyncio copy of the generated client
+# (kubernetes/aio) goes, since nothing here imports it (the agent uses the synchronous client, kopf its own
+# aiohttp session); the generated API and model modules (kubernetes/client/{api,models}: every one of them is
+# imported at start) are kept as byte-code only, 33 MB of source no one reads in a container. The rest is
+# compiled here once as well, since the root filesystem is read-only at run time.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && /opt/ipvs-reaper/bin/pip install --no-cache-dir --no-compile . \
+    && /opt/ipvs-reaper/bin/pip uninstall -q -y pip setuptools \
+    && k8s=/opt/ipvs-reaper/lib/python3.11/site-packages/kubernetes \
+    && rm -rf "$k8s/aio" \
+    && /opt/ipvs-reaper/bin/python -m compileall -q -b -j 0 "$k8s/client/api" "$k8s/client/models" \
+    && find "$k8s/client/api" "$k8s/client/models" -name '*.py' -delete \
+    && /opt/ipvs-reaper/bin/python -m compileall -q -j 0 /opt/ipvs-reaper/lib
+
+FROM ${BASE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="ipvs-reaper" \
+      org.opencontainers.image.description="Removes stale weight-0 IPVS real servers that kube-proxy leaves behind, safely" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/ipvs-reaper/ipvs-reaper" \
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
+# Only the interpreter: no compilers, no pip, no apt lists.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
+COPY --from=build /opt/ipvs-reaper /opt/ipvs-reaper
+# The bundled example, for `ipvs-reaper scan` without a cluster (README: Quick start).
+COPY examples /usr/share/ipvs-reaper/examples
+ENV PATH=/opt/ipvs-reaper/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# Root, on purpose: IPVS netlink needs CAP_NET_ADMIN, and a non-root process gets no effective capabilities
+# without ambient ones (kubernetes#56374). The chart drops every other capability.
+USER 0
+ENTRYPOINT ["ipvs-reaper"]
+CMD ["run"]
