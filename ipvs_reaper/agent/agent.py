@@ -35,7 +35,7 @@ from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.kernel.sysctl import SysctlError, Sysctls
 from ipvs_reaper.planner import RefusalKind
-from ipvs_reaper.values import IPAddress, VirtualKey
+from ipvs_reaper.values import IPAddress, RealKey, VirtualKey
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ class Agent:
         self._follow_up_step: dict[VirtualKey, int] = {}
         # When a watch event last touched each virtual service: the start of event_to_reap_seconds.
         self._event_at: dict[VirtualKey, float] = {}
+        # A dry run deletes nothing, so every sweep would decide the same again: each stale real server is
+        # recorded (logged, counted, posted) the first time only, until it is no longer stale.
+        self._would_reaped: set[RealKey] = set()
+        self._repeated: set[int] = set()  # this reconcile's records of the above, by id, left out of Events
         self._last_refusal: str | None = None
         # What was last said about readiness, listings and addresses: one log line per change, not per try.
         self._said_not_ready: tuple[str, ...] | None = None
@@ -331,6 +335,7 @@ class Agent:
                 view = self.cache.view_for(stale)
                 result = await asyncio.to_thread(self.reconciler.sweep_table, table, view, config)
                 self.metrics.swept(result.plan, self._clocks.now(), self._clocks.monotonic() - started)
+                self._would_reaped &= {d.real_server.key for d in result.plan.decisions}
                 self._forget_events(stale)
             else:
                 view = self.cache.view_for(wanted)
@@ -403,9 +408,16 @@ class Agent:
             at = now + max(0.0, (when - wall).total_seconds())
             self._follow_up_at[key] = min(self._follow_up_at.get(key, float("inf")), at)
         if self._events is not None:
-            self._events.add(result.applied.records)
+            self._events.add(r for r in result.applied.records if id(r) not in self._repeated)
+        self._repeated.clear()
 
     def _record(self, record: ActionRecord) -> None:
+        if record.outcome is Outcome.WOULD_DELETE:
+            key = record.decision.real_server.key
+            if key in self._would_reaped:
+                self._repeated.add(id(record))
+                return
+            self._would_reaped.add(key)
         log_recorder(record)
         self.metrics.record(record)
 

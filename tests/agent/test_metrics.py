@@ -120,8 +120,13 @@ async def test_a_dry_run_counts_what_it_would_reap_and_nothing_as_reaped(api: An
         await seed(cluster, web_slice(endpoint("10.1.0.1")))
         async with running(options(tmp_path, str(api.url), dry_run=True), fake) as agent:
             await eventually(lambda: agent.metrics.reaped.labels("gone", "TCP")._value.get() == 1)
+            sweeps = agent.metrics.reconciles.labels("sweep")
+            before = sweeps._value.get()
+            agent.request_sweep()
+            await eventually(lambda: sweeps._value.get() > before, what="another sweep")
             samples = await scrape(agent)
     assert fake.deleted == []
+    # Counted once, not once per sweep that decides the same again.
     assert value(samples, "ipvs_reaper_would_reap_total", state="gone", protocol="TCP") == 1
     assert not [name for name, _ in samples if name == "ipvs_reaper_reaped_total"]
 

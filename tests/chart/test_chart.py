@@ -4,6 +4,7 @@ oldest and newest Kubernetes we claim, checkov with justified skips, and what th
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -308,3 +309,38 @@ def test_the_chart_readme_documents_every_value() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [path for path in paths(values) if f"`{path}`" not in readme]
     assert missing == []
+
+
+def rendered_notes(tmp_path: Path, values: dict[str, Any]) -> str:
+    """NOTES.txt as `helm install` prints it (`helm template` leaves it out): rendered through `tpl` in a copy
+    of the chart."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    shutil.copyfile(chart / "templates" / "NOTES.txt", chart / "notes.txt")
+    (chart / "templates" / "notes-as-object.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ tpl (.Files.Get "notes.txt") . | quote }}}\n'
+    )
+    command = [
+        helm(),
+        "template",
+        "reaper",
+        str(chart),
+        "-n",
+        NAMESPACE,
+        "-f",
+        str(values_file(values, tmp_path)),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    (notes,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["metadata"]["name"] == "notes"]
+    return str(notes["data"]["notes"])
+
+
+def test_notes_say_what_was_installed(tmp_path: Path) -> None:
+    notes = rendered_notes(tmp_path, {"dryRun": True, "metrics": {"serviceMonitor": {"enabled": True}}})
+    assert "DRY RUN" in notes and "ipvs_reaper_would_reap_total" in notes
+    assert "pod-security.kubernetes.io/enforce=privileged" in notes
+    assert "no monitoring.coreos.com/v1 ServiceMonitor: none was created" in notes
+    assert "not mounted writable" in notes  # a dry run writes no sysctl
+    notes = rendered_notes(tmp_path / "enforcing", {})
+    assert "DRY RUN" not in notes and "sets net.ipv4.vs.expire_nodest_conn=1" in notes
