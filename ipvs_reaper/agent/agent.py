@@ -381,7 +381,8 @@ class Agent:
         now = self._clocks.monotonic()
         for record in result.applied.records:
             at = self._event_at.get(record.decision.real_server.key.virtual)
-            if at is not None and record.outcome in (Outcome.DELETED, Outcome.WOULD_DELETE):
+            first = id(record) not in self._repeated
+            if at is not None and first and record.outcome in (Outcome.DELETED, Outcome.WOULD_DELETE):
                 self.metrics.event_to_reap.observe(now - at)
         if refusal is not None:
             if refusal != self._last_refusal:
