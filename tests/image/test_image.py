@@ -213,3 +213,8 @@ def test_small_and_without_build_tools_or_the_build_secret(image: Path) -> None:
     assert config["User"] == "0"
     assert "PYTHONUNBUFFERED=1" in config["Env"]
     assert config["Labels"]["org.opencontainers.image.version"] == package_version()
+
+
+def test_the_dockerfile_labels_the_package_version_by_default() -> None:
+    # A plain `docker build` (no --build-arg) must not label the image with a stale version.
+    assert f"ARG VERSION={package_version()}\n" in (ROOT / "Dockerfile").read_text()
