@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ipvs_reaper import package_version
 from ipvs_reaper.actor import apply_plan
-from ipvs_reaper.agent.options import add_run_arguments, add_sysctl_dir_argument, options_from_args
+from ipvs_reaper.agent.options import add_run_arguments, add_sysctl_write_dir_argument, options_from_args
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.sources import load_cluster_api, load_cluster_file
 from ipvs_reaper.config import Config, ConfigError, load_config
@@ -31,7 +31,7 @@ from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.kernel.addresses import AddressError, parse_node_addresses, read_local_addresses
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text, read_live_facts
-from ipvs_reaper.kernel.sysctl import DEFAULT_SYSCTL_DIR, ProcSysctls, SysctlError, Sysctls
+from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
 from ipvs_reaper.logs import configure_logging
 from ipvs_reaper.planner import Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.report import ScanReport, results_json, results_table, scan_json, scan_table
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inputs(reap)
     reap.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
     reap.add_argument("--dry-run", action="store_true", help="decide and re-check everything, delete nothing")
-    add_sysctl_dir_argument(reap)
+    add_sysctl_write_dir_argument(reap)
     run = commands.add_parser(
         "run",
         help="the node agent: watch the cluster, reap continuously (DaemonSet)",
@@ -334,9 +334,8 @@ def main(argv: Sequence[str] | None = None, node_access: NodeAccess | None = Non
     kernel = None
     if node_access is None:
         kernel = KernelIpvs()
-        # A live scan reads the sysctls where `reap` and `run` write them: the node's own /proc/sys.
-        sysctl_dir = getattr(args, "sysctl_dir", None) or DEFAULT_SYSCTL_DIR
-        node_access = NodeAccess(backend=kernel, sysctls=ProcSysctls(sysctl_dir))
+        write_dir = getattr(args, "sysctl_write_dir", None)  # `reap` and `run` only
+        node_access = NodeAccess(backend=kernel, sysctls=ProcSysctls(write_dir=write_dir))
     try:
         return run(args, node_access)
     except (InputError, ConfigError, TableParseError) as error:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipvs_reaper.errors import InputError
-from ipvs_reaper.kernel.sysctl import DEFAULT_SYSCTL_DIR
 from ipvs_reaper.logs import FORMATS, LEVELS
 
 
@@ -106,21 +105,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="keep grace clocks across restarts in this node-local file",
     )
-    add_sysctl_dir_argument(parser)
+    add_sysctl_write_dir_argument(parser)
     parser.add_argument(
         "--log-level", choices=LEVELS, default="info", help="info: one line per state change and per deletion"
     )
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="json: one object per line")
 
 
-def add_sysctl_dir_argument(parser: argparse.ArgumentParser) -> None:
+def add_sysctl_write_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sysctl-dir",
+        "--sysctl-write-dir",
         type=Path,
-        default=DEFAULT_SYSCTL_DIR,
         metavar="DIR",
-        help="where net.ipv4.vs's sysctls are read and written: a container's /proc/sys is read-only, so "
-        "the chart mounts the host's /proc/sys/net/ipv4/vs elsewhere when it must write",
+        help="write expire_nodest_conn here instead of in /proc/sys/net/ipv4/vs, which is read-only in a "
+        "container: the chart mounts the host's file there (reads still come from /proc/sys)",
     )
 
 

@@ -23,14 +23,17 @@ class Sysctls(Protocol):
         """Set net.ipv4.vs.NAME; raises SysctlError when the kernel refuses."""
 
 
-# In a container /proc/sys is mounted read-only; a bind mount of this directory elsewhere is writable (and
-# is the host's, with hostNetwork): `--sysctl-dir` points there.
 DEFAULT_SYSCTL_DIR = Path("/proc/sys/net/ipv4/vs")
 
 
 class ProcSysctls:
-    def __init__(self, root: Path = DEFAULT_SYSCTL_DIR) -> None:
+    """Reads from `root`; writes to `write_dir` when given. In a container /proc/sys is read-only (and, with
+    hostNetwork, shows the host's values, so reading there is right); a bind mount of the one sysctl file the
+    agent writes, outside /proc, is writable and is the host's (`--sysctl-write-dir`)."""
+
+    def __init__(self, root: Path = DEFAULT_SYSCTL_DIR, write_dir: Path | None = None) -> None:
         self._root = root
+        self._write_dir = write_dir or root
 
     def read(self, name: str) -> int | None:
         try:
@@ -42,11 +45,11 @@ class ProcSysctls:
 
     def write(self, name: str, value: int) -> None:
         try:
-            (self._root / name).write_text(f"{value}\n")
+            (self._write_dir / name).write_text(f"{value}\n")
         except OSError as error:
             # In a container /proc/sys is usually mounted read-only unless the pod is privileged.
             raise SysctlError(
-                f"setting net.ipv4.vs.{name}={value} in {self._root}: {error.strerror or error}"
+                f"setting net.ipv4.vs.{name}={value} in {self._write_dir}: {error.strerror or error}"
             ) from None
 
 

@@ -221,7 +221,7 @@ def writable_host_mounts(daemonset: dict[str, Any]) -> list[str]:
     )
 
 
-SYSCTLS = "/proc/sys/net/ipv4/vs"
+EXPIRE_NODEST_CONN = "/proc/sys/net/ipv4/vs/expire_nodest_conn"
 
 
 def test_the_sysctls_are_writable_only_when_the_agent_enforces(
@@ -230,10 +230,14 @@ def test_the_sysctls_are_writable_only_when_the_agent_enforces(
     enforcing = {"defaults", "events", "monitors-and-rules", "rbac-proxy", "existing-config-map", "policy"}
     for name, documents in rendered.items():
         (daemonset,) = objects_of(documents, "DaemonSet")
-        writable = SYSCTLS in writable_host_mounts(daemonset)
+        mounts = writable_host_mounts(daemonset)
+        writable = EXPIRE_NODEST_CONN in mounts
         args = containers(daemonset)[0]["args"]
         assert writable == (name in enforcing), name
-        assert any(arg.startswith("--sysctl-dir=") for arg in args) == writable, name
+        assert any(arg.startswith("--sysctl-write-dir=") for arg in args) == writable, name
+        # Of the host's /proc, that one file and nothing else.
+        of_proc = [mount for mount in mounts if mount.startswith("/proc")]
+        assert of_proc == ([EXPIRE_NODEST_CONN] if writable else []), name
         for mount in containers(daemonset)[0]["volumeMounts"]:
             assert not mount["mountPath"].startswith("/proc"), name
     first_seen = writable_host_mounts(objects_of(rendered["report-only"], "DaemonSet")[0])

@@ -1,10 +1,11 @@
 """The chart's way to set `expire_nodest_conn` without `privileged: true`, on a real kernel.
 
-A container runtime mounts `/proc/sys` read-only; kubelet bind-mounts a hostPath of `/proc/sys/net/ipv4/vs`
-(taken from the host's writable `/proc`) at a path outside `/proc`, and the agent writes there
-(`--sysctl-dir`). This reproduces that in a new mount namespace and runs the real `reap --once` in it: through
-`/proc/sys` the write is refused and nothing is deleted; through the bind mount the host's value changes and
-the stale real server goes.
+A container runtime mounts `/proc/sys` read-only; kubelet bind-mounts a hostPath of
+`/proc/sys/net/ipv4/vs/expire_nodest_conn` (taken from the host's writable `/proc`) into a directory outside
+`/proc`, and the agent writes there (`--sysctl-write-dir`) while it reads from the read-only `/proc/sys`.
+This reproduces that in a new mount namespace and runs the real `reap --once` in it: through `/proc/sys` the
+write is refused and nothing is deleted; through the bind mount the host's value changes and the stale real
+server goes, and no other sysctl is writable.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tests.kernel.cluster import NODE, write_cluster_state
 from tests.kernel.lab import Lab
 
 REAPER = Path(sys.executable).with_name("ipvs-reaper")
-MOUNTED = "/run/host-ipvs-sysctls"  # where the chart mounts the hostPath (outside /proc: runtimes refuse it)
+MOUNTED = "/run/host-ipvs-sysctl"  # the chart's sysctlMountPath (outside /proc: runtimes refuse mounts there)
+SYSCTLS = "/proc/sys/net/ipv4/vs"
 
 
 def in_container_mounts(command: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +28,8 @@ def in_container_mounts(command: str) -> subprocess.CompletedProcess[str]:
     script = f"""
 set -eu
 mkdir -p {MOUNTED}
-mount --bind /proc/sys/net/ipv4/vs {MOUNTED}
+touch {MOUNTED}/expire_nodest_conn
+mount --bind {SYSCTLS}/expire_nodest_conn {MOUNTED}/expire_nodest_conn
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 {command}
@@ -53,15 +56,17 @@ def test_the_write_goes_through_the_bind_mount_and_not_through_a_read_only_proc_
     )
     reap = f"{REAPER} reap --once --cluster-state {state} --node-name {NODE}"
 
-    direct = in_container_mounts(
-        f"if echo 1 > /proc/sys/net/ipv4/vs/expire_nodest_conn; then exit 9; fi\n{reap}"
-    )
+    direct = in_container_mounts(f"if echo 1 > {SYSCTLS}/expire_nodest_conn; then exit 9; fi\n{reap}")
     assert direct.returncode == 1, direct.stdout + direct.stderr
     assert "Read-only file system" in direct.stdout + direct.stderr
     assert lab.read_sysctl("expire_nodest_conn") == 0
     assert "10.244.7.1:8080" in lab.ipvsadm("-Ln")  # refused: deleting now would drop, not reschedule
 
-    mounted = in_container_mounts(f"{reap} --sysctl-dir {MOUNTED}")
+    # The mount carries that one sysctl: conn_reuse_mode stays out of reach.
+    mounted = in_container_mounts(
+        f"if echo 1 > {SYSCTLS}/conn_reuse_mode; then exit 9; fi\n{reap} --sysctl-write-dir {MOUNTED}"
+    )
     assert mounted.returncode == 0, mounted.stdout + mounted.stderr
     assert lab.read_sysctl("expire_nodest_conn") == 1  # the host's own value, seen from outside
+    assert lab.read_sysctl("conn_reuse_mode") == 0
     assert "10.244.7.1:8080" not in lab.ipvsadm("-Ln")

@@ -48,7 +48,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-"true" when the host's /proc/sys/net/ipv4/vs is mounted writable: only when the agent may write
+"true" when the host's expire_nodest_conn file is mounted writable: only when the agent may write
 expire_nodest_conn (enforce, its default) and is not in a dry run.
 */}}
 {{- define "ipvs-reaper.sysctlWritable" -}}
