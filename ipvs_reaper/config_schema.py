@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ipvs_reaper.config import (
-    BREAKER_KEYS,
     CIDR_PATTERN,
     MAX_COUNT,
     MAX_SECONDS,
-    RULE_KEYS,
     STATE_KEYS,
-    TOP_KEYS,
     ReapMode,
     SysctlMode,
 )
@@ -80,21 +77,6 @@ def config_schema() -> dict[str, Any]:
             },
         },
     }
-
-
-def schema_keys() -> dict[str, set[str]]:
-    """The keys the schema names, by where: for the test that they are the agent's."""
-    schema = config_schema()
-    props = schema["properties"]
-    return {
-        "top": set(props),
-        "policy": set(props["policy"]["properties"]),
-        "rule": set(props["policy"]["properties"]["gone"]["properties"]),
-        "breaker": set(props["breaker"]["properties"]),
-    }
-
-
-EXPECTED_KEYS = {"top": TOP_KEYS, "policy": set(STATE_KEYS), "rule": RULE_KEYS, "breaker": BREAKER_KEYS}
 
 
 def write_into(values_schema: Path) -> None:
