@@ -23,6 +23,8 @@ from ipvs_reaper.agent.options import add_run_arguments, add_sysctl_write_dir_ar
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.sources import load_cluster_api, load_cluster_file
 from ipvs_reaper.config import Config, ConfigError, load_config
+from ipvs_reaper.doctor.command import NodeView, cluster_for_doctor, diagnose
+from ipvs_reaper.doctor.report import doctor_json, doctor_table
 from ipvs_reaper.errors import InputError, RuntimeFailure
 from ipvs_reaper.input_text import STDIN, read_input_text, source_name
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
@@ -33,6 +35,7 @@ from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text, read_live_facts
 from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
 from ipvs_reaper.logs import configure_logging
+from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules, read_rule_files
 from ipvs_reaper.planner import Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.report import ScanReport, results_json, results_table, scan_json, scan_table
 from ipvs_reaper.values import IPAddress, IpvsTable
@@ -50,7 +53,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or text
 
 
-def _add_inputs(parser: argparse.ArgumentParser) -> None:
+def _add_node_inputs(parser: argparse.ArgumentParser) -> None:
+    """The inputs `scan`, `reap` and `doctor` share: the cluster, the table, the node and its kernel."""
     parser.add_argument(
         "--cluster-state",
         metavar="FILE|-",
@@ -73,21 +77,6 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="grace policy and safety settings (YAML)")
     parser.add_argument(
-        "--policy",
-        choices=[p.value for p in PolicyChoice],
-        default=PolicyChoice.DEFAULT.value,
-        help="`immediate` ignores grace and connections, as home-made reapers do",
-    )
-    parser.add_argument("--all", action="store_true", help="list every real server, not only weight-0 ones")
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=["table", "wide", "json"],
-        default="table",
-        help="table fits the terminal; wide adds columns and cuts nothing",
-    )
-    parser.add_argument("--no-headers", action="store_true", help="table: only the rows")
-    parser.add_argument(
         "--kubeconfig",
         metavar="FILE",
         help="kubeconfig for the API (default: in-cluster, then ~/.kube/config)",
@@ -107,10 +96,55 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    _add_node_inputs(parser)
+    parser.add_argument(
+        "--policy",
+        choices=[p.value for p in PolicyChoice],
+        default=PolicyChoice.DEFAULT.value,
+        help="`immediate` ignores grace and connections, as home-made reapers do",
+    )
+    parser.add_argument("--all", action="store_true", help="list every real server, not only weight-0 ones")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "wide", "json"],
+        default="table",
+        help="table fits the terminal; wide adds columns and cuts nothing",
+    )
+    parser.add_argument("--no-headers", action="store_true", help="table: only the rows")
+
+
+def _add_doctor_inputs(parser: argparse.ArgumentParser) -> None:
+    _add_node_inputs(parser)
+    parser.add_argument(
+        "--iptables-save",
+        metavar="FILE|-",
+        action="append",
+        default=[],
+        help="the node's `iptables-save` (or ip6tables-save; legacy or nft-based) output; repeatable "
+        "(default: run the save tools of both backends on this node)",
+    )
+    parser.add_argument(
+        "--nft-ruleset",
+        metavar="FILE|-",
+        action="append",
+        default=[],
+        help="the node's `nft -j list ruleset` output; repeatable (default: run nft on this node)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="table for people, json for scripts",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipvs-reaper", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{scan,reap,run}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{scan,reap,run,doctor}")
     scan = commands.add_parser(
         "scan",
         help="report which weight-0 real servers are stale, and why",
@@ -135,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     add_run_arguments(run)
+    doctor = commands.add_parser(
+        "doctor",
+        help="find hostPort rules that hijack Service traffic, and every other way this node is exposed",
+        description="Find port-forwarding (hostPort) rules that take Service traffic before IPVS sees it, "
+        "ports the node answers on because of them, the kernel's exposure, the sysctls and stale real "
+        "servers (reads only). Exit codes: 0 clean, 3 findings at warning or above, 2 bad input, 1 failure.",
+        formatter_class=_HelpFormatter,
+    )
+    _add_doctor_inputs(doctor)
     return parser
 
 
@@ -166,6 +209,8 @@ def _check_stdin(args: argparse.Namespace) -> None:
             ("--ipvs-table", args.ipvs_table),
             ("--sysctls", args.sysctls),
             ("--node-addresses", args.node_addresses),
+            *(("--iptables-save", path) for path in getattr(args, "iptables_save", ())),
+            *(("--nft-ruleset", path) for path in getattr(args, "nft_ruleset", ())),
         )
         if value == STDIN
     ]
@@ -184,11 +229,17 @@ def _node_warnings(node: str, cluster: ClusterState, local: tuple[IPAddress, ...
     return [f"no Node named {node!r} in the cluster state ({where}): is --node-name right?"]
 
 
-def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
-    _check_stdin(args)
+@dataclass(frozen=True, slots=True)
+class NodeInputs:
+    table: IpvsTable
+    facts: KernelFacts
+    local: tuple[IPAddress, ...]
+    address_warning: str | None
+
+
+def _node_inputs(args: argparse.Namespace, node_access: NodeAccess) -> NodeInputs:
+    """The IPVS table, kernel facts and interface addresses: from files with --ipvs-table, else live."""
     address_warning: str | None = None
-    node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
-    config = load_config(args.config) if args.config else Config()
     if args.ipvs_table:
         source = source_name(args.ipvs_table)
         table = parse_proc_ip_vs(read_input_text(args.ipvs_table), source=source)
@@ -216,6 +267,19 @@ def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
         except AddressError as error:
             # Fewer addresses only leave NodePorts on them unmapped, and unmapped is kept: go on, and say so.
             local, address_warning = (), f"{error}: NodePorts map only to the Node object's addresses"
+    return NodeInputs(table, facts, local, address_warning)
+
+
+def _node_name(args: argparse.Namespace) -> str:
+    return str(args.node_name or os.environ.get("NODE_NAME") or socket.gethostname())
+
+
+def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
+    _check_stdin(args)
+    node = _node_name(args)
+    config = load_config(args.config) if args.config else Config()
+    inputs = _node_inputs(args, node_access)
+    table, facts, local, address_warning = inputs.table, inputs.facts, inputs.local, inputs.address_warning
     if args.cluster_state:
         cluster = load_cluster_file(args.cluster_state)
     else:
@@ -287,9 +351,35 @@ def _terminal_width() -> int | None:
     return None  # a pipe or a file: whole lines
 
 
+def _doctor_view(args: argparse.Namespace, node_access: NodeAccess) -> NodeView:
+    _check_stdin(args)
+    inputs = _node_inputs(args, node_access)
+    if args.iptables_save or args.nft_ruleset:
+        rules = read_rule_files(args.iptables_save, args.nft_ruleset)
+    elif args.ipvs_table:
+        rules = RuleSources((), ("no --iptables-save or --nft-ruleset given with --ipvs-table",), False)
+    else:
+        rules = read_live_rules()
+    config = load_config(args.config) if args.config else Config()
+    return NodeView(_node_name(args), inputs.table, inputs.facts, rules, inputs.local, config)
+
+
+def run_doctor(args: argparse.Namespace, node_access: NodeAccess, out: _Output) -> int:
+    view = _doctor_view(args, node_access)
+    cluster, unavailable, notes = cluster_for_doctor(args, view.node)
+    report = diagnose(view, cluster, unavailable, notes)
+    if args.output == "json":
+        out.print(json.dumps(doctor_json(report), indent=2))
+    else:
+        out.print(doctor_table(report, _terminal_width()))
+    return report.exit_code()
+
+
 def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
     if args.command == "run":
         return run_agent_command(args, node_access)
+    if args.command == "doctor":
+        return run_doctor(args, node_access, _Output())
     if args.command == "reap" and args.ipvs_table:
         raise InputError("reap acts on the live kernel table; --ipvs-table is for scan")
     gathered = _gather(args, node_access)

@@ -82,3 +82,16 @@ def node(name: str, *addresses: str) -> dict[str, Any]:
         "metadata": {"name": name},
         "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]},
     }
+
+
+def pod(
+    namespace: str, name: str, node_name: str, pod_ip: str, host_ports: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """host_ports: container ports ({"containerPort", "hostPort", "protocol", "hostIP"})."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"nodeName": node_name, "containers": [{"name": "main", "ports": host_ports}]},
+        "status": {"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]},
+    }

@@ -107,6 +107,16 @@ class ClusterApi:
     def endpoint_slice_pages(self) -> Iterator[list[dict[str, Any]]]:
         return self._pages(self._discovery.list_endpoint_slice_for_all_namespaces, "EndpointSlice")
 
+    def list_node_pods(self, node_name: str) -> list[dict[str, Any]]:
+        """The Pods scheduled to one node (a field selector: the API server filters, the list stays small)."""
+
+        def call(**kwargs: Any) -> Any:
+            return self._core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node_name}", **kwargs
+            )
+
+        return [item for page in self._pages(call, "Pod") for item in page]
+
     def read_node(self, name: str) -> dict[str, Any] | None:
         """This node's Node, or None when the API says it does not exist."""
         try:

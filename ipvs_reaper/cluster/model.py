@@ -69,6 +69,29 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
+class HostPort:
+    protocol: Protocol
+    host_port: int
+    container_port: int
+    host_ip: IPAddress | None  # None: every address of the node
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """A pod with hostPorts: only the doctor reads them, to name who owns a port-forwarding rule."""
+
+    namespace: str
+    name: str
+    node_name: str
+    pod_ips: tuple[IPAddress, ...]
+    host_ports: tuple[HostPort, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     services: tuple[Service, ...]
     slices: tuple[EndpointSlice, ...]
@@ -78,6 +101,8 @@ class ClusterState:
     # Parts of the view that could not be read, by what they make untouchable: a Service ref, or
     # "namespace/*" when not even the Service could be told.
     broken: Mapping[str, str] = field(default_factory=dict)
+    # Pods with hostPorts; None when Pods were not part of the view (then owners cannot be named).
+    pods: tuple[Pod, ...] | None = None
 
     @property
     def usable(self) -> bool:

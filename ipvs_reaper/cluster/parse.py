@@ -16,7 +16,9 @@ from ipvs_reaper.cluster.model import (
     ClusterState,
     Endpoint,
     EndpointSlice,
+    HostPort,
     Node,
+    Pod,
     Service,
     ServicePort,
     SlicePort,
@@ -236,7 +238,57 @@ def parse_node(obj: Mapping[str, Any]) -> Node:
     return Node(name=name, addresses=tuple(addresses))
 
 
-_KIND_PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice, "Node": parse_node}
+def _host_port(entry: Any, path: str) -> HostPort | None:
+    if not isinstance(entry, dict):
+        raise ObjectError(path, "expected an object")
+    if not entry.get("hostPort"):
+        return None
+    host_ip = _get(entry, "hostIP", path, str, "")
+    return HostPort(
+        protocol=_protocol(entry, path),
+        host_port=_port(entry["hostPort"], f"{path}.hostPort"),
+        container_port=_port(entry.get("containerPort"), f"{path}.containerPort"),
+        host_ip=_ip(host_ip, f"{path}.hostIP") if host_ip not in ("", "0.0.0.0", "::") else None,
+    )
+
+
+def parse_pod(obj: Mapping[str, Any]) -> Pod | None:
+    """None for a pod without hostPorts: the doctor needs no other."""
+    namespace, name, _ = _metadata(obj)
+    spec = _get(obj, "spec", "", dict, {})
+    status = _get(obj, "status", "", dict, {})
+    host_ports = []
+    for kind in ("initContainers", "containers"):
+        for i, container in enumerate(_get(spec, kind, "spec", list, [])):
+            if not isinstance(container, dict):
+                raise ObjectError(f"spec.{kind}[{i}]", "expected an object")
+            for j, entry in enumerate(_get(container, "ports", f"spec.{kind}[{i}]", list, [])):
+                found = _host_port(entry, f"spec.{kind}[{i}].ports[{j}]")
+                if found is not None:
+                    host_ports.append(found)
+    if not host_ports:
+        return None
+    pod_ips = [
+        entry.get("ip") if isinstance(entry, dict) else entry
+        for entry in _get(status, "podIPs", "status", list, [])
+    ]
+    if not pod_ips and _get(status, "podIP", "status", str, ""):
+        pod_ips = [status["podIP"]]
+    return Pod(
+        namespace=namespace,
+        name=name,
+        node_name=_get(spec, "nodeName", "spec", str, ""),
+        pod_ips=_ips(pod_ips, "status.podIPs"),
+        host_ports=tuple(host_ports),
+    )
+
+
+_KIND_PARSERS = {
+    "Service": parse_service,
+    "EndpointSlice": parse_endpoint_slice,
+    "Node": parse_node,
+    "Pod": parse_pod,
+}
 
 
 def broken_scope(kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> str | None:
@@ -248,6 +300,8 @@ def broken_scope(kind: str, namespace: str, name: str, body: Mapping[str, Any]) 
     if kind == "Node":
         # Without the Node its NodePort virtual services map to nothing, and unmapped ones are kept anyway.
         return f"node/{name}"
+    if kind == "Pod":
+        return f"pod/{namespace}/{name}"  # only a port's owner goes unnamed
     meta = body.get("metadata")
     labels = meta.get("labels") if isinstance(meta, dict) else None
     service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
@@ -276,6 +330,7 @@ def cluster_state_from_items(items: list[Any]) -> ClusterState:
     services: list[Service] = []
     slices: list[EndpointSlice] = []
     nodes: list[Node] = []
+    pods: list[Pod] = []
     seen: set[str] = set()
     problems: list[str] = []
     broken: dict[str, str] = {}
@@ -308,6 +363,8 @@ def cluster_state_from_items(items: list[Any]) -> ClusterState:
             slices.append(parsed)
         elif isinstance(parsed, Node):
             nodes.append(parsed)
+        elif isinstance(parsed, Pod):
+            pods.append(parsed)
     # Every real cluster has the `kubernetes` Service and its EndpointSlice; a view without either kind is
     # a partial export or listing, and acting on it would make every endpoint look gone.
     for missing in ("Service", "EndpointSlice"):
@@ -325,4 +382,5 @@ def cluster_state_from_items(items: list[Any]) -> ClusterState:
         nodes=tuple(nodes),
         problems=tuple(problems),
         broken=broken,
+        pods=tuple(pods) if "Pod" in seen else None,
     )

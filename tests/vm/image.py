@@ -33,12 +33,28 @@ MODULES = (
     ("ip_vs_wrr", ""),
     ("ip_vs_sh", ""),
     ("veth", ""),
+    # Netfilter for the doctor's tier: portmap-style NAT rules through both iptables backends and nftables.
+    ("iptable_nat", ""),
+    ("xt_addrtype", ""),
+    ("xt_comment", ""),
+    ("xt_multiport", ""),
+    ("xt_tcpudp", ""),
+    ("xt_nat", ""),
+    ("xt_mark", ""),
+    ("xt_MASQUERADE", ""),
+    ("nft_compat", ""),
+    ("nft_chain_nat", ""),
+    ("nft_nat", ""),
+    ("nft_fib_ipv4", ""),
+    ("nft_masq", ""),
+    ("xt_set", ""),
+    ("ip_set_hash_ipport", ""),
     # No stray dummy0: the tests create exactly the dummy devices they want.
     ("dummy", "numdummies=0"),
 )
 
 # Bump when the initramfs layout changes in a way the cache key (kernel version, init.sh) would not notice.
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,223 @@
+"""Port-forwarding rules (a pod's hostPort, through the CNI portmap plugin) that take traffic away from IPVS.
+
+In IPVS mode every ClusterIP, externalIP and load-balancer IP is bound to `kube-ipvs0`, so all of them are
+LOCAL addresses: a hostPort rule limited to `--dst-type LOCAL` captures every Service's address at that
+port, before IPVS sees the packet. Each virtual service of the table is sent through the node's nat rules as a
+packet would be; a DNAT or REDIRECT on its way is a hijack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ipvs_reaper.cluster.model import ClusterState
+from ipvs_reaper.doctor.findings import Evidence, Finding, Kind, Severity
+from ipvs_reaper.mapping import ClusterIndex
+from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth
+from ipvs_reaper.netfilter.walk import Outcome, walk
+from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, VirtualKey, format_endpoint
+
+WELL_KNOWN_BELOW = 1024
+_HOOK_TRAFFIC = {
+    "prerouting": "from pods on this node and from other hosts (PREROUTING)",
+    "output": "from processes in the node's own network namespace, hostNetwork pods included (OUTPUT)",
+}
+# kube-proxy's IP sets (IPVS mode) whose members the cluster state tells.
+CLUSTER_IP_SET = "KUBE-CLUSTER-IP"
+LOAD_BALANCER_SET = "KUBE-LOAD-BALANCER"
+
+
+class Names:
+    """What the cluster state tells about addresses: whose Service a virtual service is, whose pod a rule's
+    destination is. Without a cluster state every answer is None and `unavailable` says why."""
+
+    def __init__(self, cluster: ClusterState | None, node: str, unavailable: str | None = None) -> None:
+        self.cluster, self.node, self.unavailable = cluster, node, unavailable
+        self._index = ClusterIndex(cluster, node) if cluster is not None else None
+        self._sets: dict[str, set[tuple[IPAddress, Protocol, int]]] = {}
+        if cluster is not None and cluster.usable:
+            self._sets = {
+                CLUSTER_IP_SET: {
+                    (a, p.protocol, p.port) for s in cluster.services for a in s.cluster_ips for p in s.ports
+                },
+                LOAD_BALANCER_SET: {
+                    (a, p.protocol, p.port)
+                    for s in cluster.services
+                    for a in s.load_balancer_ips
+                    for p in s.ports
+                },
+            }
+
+    def service(self, key: VirtualKey) -> str | None:
+        target = self._index.target(key) if self._index is not None else None
+        return target.service.ref if target is not None else None
+
+    def owner(self, outcome: Outcome) -> str | None:
+        target = outcome.rule.target
+        if self.cluster is None or self.cluster.pods is None or target.address is None:
+            return None
+        for pod in self.cluster.pods:
+            if pod.node_name in ("", self.node) and target.address in pod.pod_ips:
+                return pod.ref
+        return None
+
+    def owners_known(self) -> bool:
+        return self.cluster is not None and self.cluster.pods is not None
+
+    def set_membership(self, key: VirtualKey) -> dict[str, Truth]:
+        """kube-proxy puts every ClusterIP (and load-balancer IP) with its protocol and port in these sets."""
+        if key.address is None:
+            return {}
+        member = (key.address, key.protocol, key.port)
+        return {
+            name: Truth.TRUE if member in members else Truth.FALSE for name, members in self._sets.items()
+        }
+
+
+def _evidence(outcomes: Sequence[Outcome]) -> Evidence:
+    first = outcomes[0]
+    where = first.table.label + f" ({first.table.source})"
+    rule = first.rule.text if first.rule.line is None else f"{first.rule.text}  [line {first.rule.line}]"
+    return Evidence(
+        rule=rule,
+        chain_path=first.chain_path(),
+        source=where,
+        hooks=tuple(dict.fromkeys(o.hook for o in outcomes)),
+        conditions=tuple(dict.fromkeys(c for o in outcomes for c in o.conditions)),
+    )
+
+
+def _group(outcomes: Iterable[Outcome]) -> list[list[Outcome]]:
+    """The same rule reached from PREROUTING and from OUTPUT is one finding."""
+    groups: dict[tuple[str, str, str, int | None], list[Outcome]] = {}
+    for outcome in outcomes:
+        key = (outcome.table.label, outcome.table.source, outcome.rule.text, outcome.rule.line)
+        groups.setdefault(key, []).append(outcome)
+    return list(groups.values())
+
+
+def _affected(hooks: Iterable[str]) -> str:
+    return "; ".join(_HOOK_TRAFFIC.get(h, h) for h in hooks)
+
+
+def _owner_text(owner: str | None, names: Names) -> str:
+    if owner is not None:
+        return f"pod {owner}"
+    return (
+        "the pod behind it (owners unavailable: no Pods in the cluster state)"
+        if not names.owners_known()
+        else ("no pod on this node has that address (a rule left behind by a deleted pod?)")
+    )
+
+
+def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Finding]:
+    """A finding for each virtual service whose traffic a DNAT or REDIRECT can take before IPVS sees it."""
+    findings = []
+    for service in table.services:
+        key = service.key
+        if key.address is None or key.protocol is Protocol.FWM:
+            continue
+        packet = Packet(
+            key.family, key.protocol.value.lower(), key.port, key.address, names.set_membership(key)
+        )
+        backends = {(rs.key.address, rs.key.port) for rs in table.real_servers_of(key)}
+        rewriting = [
+            o
+            for o in walk(tables, packet)
+            if o.rewrites and (o.rule.target.address, o.rule.target.port) not in backends
+        ]
+        if rewriting:
+            findings.append(_hijack(key, _group(rewriting), names))
+    return findings
+
+
+def _hijack(key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names) -> Finding:
+    """One finding per virtual service; each rule that can take its traffic is a piece of evidence."""
+    group = groups[0]
+    evidence = _evidence(group)
+    certain = any(o.certain for g in groups for o in g)
+    service = names.service(key)
+    owner = names.owner(group[0])
+    target = group[0].rule.target
+    who = service or "the Service at this address (names unavailable)"
+    verb = "takes" if certain else "may take"
+    title = (
+        f"{key.protocol.value} {key} ({who}): a port-forwarding rule {verb} its traffic to "
+        f"{target.destination()}"
+    )
+    fix = (
+        f"Remove the hostPort {key.port}/{key.protocol.value} of {_owner_text(owner, names)} or give it a "
+        "hostIP (the node's own address), so the rule stops matching every local address; if no pod owns the "
+        "rule, "
+        "delete the stale chain"
+        + (" (`iptables -t nat -F/-X` of that chain)" if "iptables" in group[0].table.backend else "")
+        + ". Until then clients on this node reach that pod instead of the Service."
+    )
+    return Finding(
+        kind=Kind.HIJACK,
+        severity=Severity.CRITICAL if certain else Severity.WARNING,
+        title=title,
+        affected=f"connections to {key} " + _affected(evidence.hooks),
+        fix=fix,
+        evidence=tuple(_evidence(g) for g in groups),
+        protocol=key.protocol.value,
+        port=key.port,
+        address=format_endpoint(key.address, key.port) if key.address else None,
+        service=service,
+        owner=owner,
+        destination=target.destination(),
+    )
+
+
+def _candidate_ports(tables: Sequence[Table]) -> set[tuple[int, str, int]]:
+    """(family, protocol, port) below 1024 that some DNAT or REDIRECT rule names."""
+    found: set[tuple[int, str, int]] = set()
+    for table in tables:
+        for chain in table.chains.values():
+            for rule in chain.rules:
+                if rule.target.action not in (Action.DNAT, Action.REDIRECT):
+                    continue
+                protocols = {"tcp", "udp", "sctp"}
+                for match in rule.matches:
+                    if isinstance(match, ProtocolMatch) and not match.negate:
+                        protocols &= match.protocols
+                for match in rule.matches:
+                    if isinstance(match, PortMatch) and not match.negate:
+                        for port in match.ports():
+                            if port < WELL_KNOWN_BELOW:
+                                found.update((f, p, port) for f in table.families() for p in protocols)
+    return found
+
+
+def well_known_ports(tables: Sequence[Table], names: Names) -> list[Finding]:
+    """The node answers on a port below 1024 on its own addresses because a rule forwards it to a pod."""
+    findings = []
+    for family, protocol, port in sorted(_candidate_ports(tables)):
+        packet = Packet(family, protocol, port, None)
+        groups = _group(o for o in walk(tables, packet) if o.rewrites)
+        if groups:
+            group = groups[0]
+            evidence = _evidence(group)
+            owner = names.owner(group[0])
+            target = group[0].rule.target
+            only = [
+                c for c in evidence.conditions if c.lstrip("! ").startswith(("-d", "ip daddr", "ip6 daddr"))
+            ]
+            where = f"on {', '.join(only)}" if only else "on every address of the node"
+            findings.append(
+                Finding(
+                    kind=Kind.WELL_KNOWN_PORT,
+                    severity=Severity.WARNING,
+                    title=f"the node answers on {protocol.upper()} port {port} {where}: forwarded to "
+                    f"{target.destination()} ({_owner_text(owner, names)})",
+                    affected=f"anyone who can reach this node on {protocol.upper()}/{port} "
+                    + _affected(evidence.hooks),
+                    fix="If this is not meant to be public on every node, drop the hostPort (use a Service "
+                    "of type NodePort or LoadBalancer) or restrict it with hostIP and a firewall.",
+                    evidence=tuple(_evidence(g) for g in groups),
+                    protocol=protocol.upper(),
+                    port=port,
+                    owner=owner,
+                    destination=target.destination(),
+                )
+            )
+    return findings

@@ -1,0 +1,109 @@
+"""The doctor's report for people (a table of findings, then each one's evidence) and for scripts (JSON)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ipvs_reaper.doctor.findings import Finding, Severity
+from ipvs_reaper.kernel.exposure import Verdict
+from ipvs_reaper.kernel.facts import KernelFacts
+from ipvs_reaper.netfilter.rules import Table
+from ipvs_reaper.report import kernel_json
+
+# Bumped when a field changes meaning or goes away; new fields may appear without a bump.
+SCHEMA_VERSION = 1
+EXIT_CLEAN, EXIT_FINDINGS = 0, 3
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorReport:
+    node: str
+    facts: KernelFacts
+    verdict: Verdict
+    findings: tuple[Finding, ...]
+    tables: tuple[Table, ...]  # what was read
+    notes: tuple[str, ...]  # what could not be read or named, and why
+    names_unavailable: str | None
+
+    def ordered(self) -> list[Finding]:
+        return sorted(self.findings, key=lambda f: (-f.severity, f.kind.value, f.title))
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(f.severity.label for f in self.findings)
+        return {level.label: counts[level.label] for level in sorted(Severity, reverse=True)}
+
+    def exit_code(self) -> int:
+        return EXIT_FINDINGS if any(f.severity >= Severity.WARNING for f in self.findings) else EXIT_CLEAN
+
+
+def doctor_json(report: DoctorReport) -> dict[str, Any]:
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "node": report.node,
+        "names": report.names_unavailable is None,
+        "namesUnavailable": report.names_unavailable,
+        "kernel": kernel_json(report.facts, report.verdict),
+        "rules": [
+            {"backend": t.backend, "family": t.family, "table": t.name, "source": t.source}
+            for t in report.tables
+        ],
+        "notes": list(report.notes),
+        "summary": report.summary(),
+        "findings": [f.as_json() for f in report.ordered()],
+    }
+
+
+def _wrap(label: str, text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, initial_indent=f"  {label:<10}", subsequent_indent=" " * 12) or [
+        f"  {label}"
+    ]
+
+
+def doctor_table(report: DoctorReport, width: int | None = None) -> str:
+    room = max(60, width or 110)
+    lines = [f"NODE:      {report.node}"]
+    sources = sorted({f"{t.backend} {t.family} {t.name}" for t in report.tables})
+    lines.append(f"RULES:     {', '.join(sources) if sources else 'none read'}")
+    if report.names_unavailable:
+        lines += textwrap.wrap(
+            f"names unavailable ({report.names_unavailable}): findings are by address, port and protocol",
+            room, initial_indent="NAMES:     ", subsequent_indent=" " * 11,
+        )  # fmt: skip
+    for note in report.notes:
+        lines += textwrap.wrap(note, room, initial_indent="NOTE:      ", subsequent_indent=" " * 11)
+    lines.append("")
+    ordered = report.ordered()
+    if not ordered:
+        lines.append("No findings.")
+        return "\n".join(lines)
+    for number, finding in enumerate(ordered, start=1):
+        lines += textwrap.wrap(
+            f"{number}. [{finding.severity.label.upper()}] {finding.kind.value}: {finding.title}",
+            room, subsequent_indent="   ",
+        )  # fmt: skip
+        for evidence in finding.evidence:
+            lines += _wrap("rule:", evidence.rule, room)
+            lines += _wrap("path:", f"{evidence.chain_path}  ({evidence.source})", room)
+            for condition in evidence.conditions:
+                lines += _wrap("only if:", condition, room)
+        for detail in finding.details:
+            lines += _wrap("detail:", detail, room)
+        lines += _wrap("affects:", finding.affected, room)
+        lines += _wrap("fix:", finding.fix, room)
+        lines.append("")
+    counts = report.summary()
+    lines.append(", ".join(f"{n} {level}" for level, n in counts.items()))
+    return "\n".join(lines)
+
+
+def metrics_view(findings: Sequence[Finding]) -> dict[tuple[str, int, str], int]:
+    """Hijacks counted by (protocol, port, service): what `ipvs_reaper_hostport_conflicts` exports."""
+    counts: Counter[tuple[str, int, str]] = Counter()
+    for finding in findings:
+        if finding.kind.value == "hijack" and finding.protocol and finding.port is not None:
+            counts[(finding.protocol, finding.port, finding.service or "")] += 1
+    return dict(counts)

@@ -1,0 +1,187 @@
+"""A node's NAT rules as values, whichever tool they were read from: tables, chains, rules, matches, targets.
+
+Only what decides where a packet to a local address:port goes is understood (protocol, destination port and
+address, address type, kube-proxy's IP sets); every other match is kept as text and judged "may match", so an
+unknown match can widen a finding but never hide one."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ipvs_reaper.values import IPAddress, IPNetwork, format_endpoint
+
+
+class Truth(enum.Enum):
+    FALSE = 0
+    MAYBE = 1
+    TRUE = 2
+
+    def negated(self, negate: bool) -> Truth:
+        if not negate or self is Truth.MAYBE:
+            return self
+        return Truth.FALSE if self is Truth.TRUE else Truth.TRUE
+
+
+def truth(value: bool) -> Truth:
+    return Truth.TRUE if value else Truth.FALSE
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """The first packet of a connection to a local address, as the nat table's hooks see it."""
+
+    family: int  # 4 or 6
+    protocol: str  # tcp | udp | sctp
+    port: int
+    address: IPAddress | None  # None: some local address, not a particular one
+    # Membership in kube-proxy's IP sets as far as it can be told (KUBE-CLUSTER-IP: ClusterIP,proto:port).
+    sets: Mapping[str, Truth] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolMatch:
+    protocols: frozenset[str]
+    negate: bool
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        return truth(packet.protocol in self.protocols).negated(self.negate)
+
+
+@dataclass(frozen=True, slots=True)
+class PortMatch:
+    """A destination port in one of the ranges (inclusive)."""
+
+    ranges: tuple[tuple[int, int], ...]
+    negate: bool
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        inside = any(low <= packet.port <= high for low, high in self.ranges)
+        return truth(inside).negated(self.negate)
+
+    def ports(self) -> tuple[int, ...]:
+        return tuple(p for low, high in self.ranges for p in range(low, min(high, low + 64) + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationMatch:
+    networks: tuple[IPNetwork, ...]
+    negate: bool
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        if packet.address is None:
+            return Truth.MAYBE
+        inside = any(n.version == packet.address.version and packet.address in n for n in self.networks)
+        return truth(inside).negated(self.negate)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDestinationMatch:
+    """`-m addrtype --dst-type T` or `fib daddr type T`: every packet judged here goes to a local address."""
+
+    types: frozenset[str]
+    negate: bool
+    text: str
+    per_interface: bool = False  # --limit-iface-in, fib daddr . iif: local on the incoming interface only
+
+    def evaluate(self, packet: Packet) -> Truth:
+        if self.per_interface:
+            return Truth.MAYBE
+        return truth("LOCAL" in self.types).negated(self.negate)
+
+
+@dataclass(frozen=True, slots=True)
+class SetMatch:
+    name: str
+    negate: bool
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        return packet.sets.get(self.name, Truth.MAYBE).negated(self.negate)
+
+
+@dataclass(frozen=True, slots=True)
+class OtherMatch:
+    """Anything else (source, interface, mark, conntrack state...): it may or may not match."""
+
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        return Truth.MAYBE
+
+
+Match = ProtocolMatch | PortMatch | DestinationMatch | LocalDestinationMatch | SetMatch | OtherMatch
+
+
+class Action(enum.StrEnum):
+    JUMP = "jump"
+    GOTO = "goto"
+    RETURN = "return"
+    ACCEPT = "accept"
+    DROP = "drop"
+    DNAT = "dnat"
+    REDIRECT = "redirect"
+    CONTINUE = "continue"  # MARK, LOG, counter, masquerade...: the packet goes on to the next rule
+
+
+TERMINAL = frozenset({Action.ACCEPT, Action.DROP, Action.DNAT, Action.REDIRECT})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    action: Action
+    chain: str = ""  # JUMP, GOTO
+    address: IPAddress | None = None  # DNAT
+    port: int | None = None  # DNAT (None: unchanged), REDIRECT
+
+    def destination(self) -> str:
+        if self.action is Action.REDIRECT:
+            return f"this node, port {self.port}" if self.port else "this node, same port"
+        if self.address is None:
+            return "?"
+        return format_endpoint(self.address, self.port) if self.port else str(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    matches: tuple[Match, ...]
+    target: Target
+    text: str  # as the tool printed it (iptables-save's line, or nft's rule in its own syntax)
+    comment: str = ""
+    line: int | None = None  # in the file it was read from
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    rules: tuple[Rule, ...]
+    hook: str | None = None  # prerouting, output, ... for a base chain
+    nat: bool = False  # a base chain of type nat (every chain of iptables' nat table is)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    backend: str  # iptables-legacy | iptables-nft | nftables
+    family: str  # ip | ip6 | inet
+    name: str
+    chains: Mapping[str, Chain]
+    source: str  # the file or command it came from
+    # iptables-nft's table as `nft -j` lists it: its xt matches and targets show no details.
+    opaque: bool = False
+
+    def families(self) -> tuple[int, ...]:
+        return {"ip": (4,), "ip6": (6,), "inet": (4, 6)}.get(self.family, ())
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.family} {self.name}"
+
+
+def network(text: str) -> IPNetwork:
+    """`10.0.0.1`, `10.0.0.0/8`, `fd00::/64` (raises ValueError)."""
+    return ipaddress.ip_network(text, strict=False)

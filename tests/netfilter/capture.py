@@ -1,0 +1,67 @@
+"""`python -m tests.vm -- python -m tests.netfilter.capture`: make the doctor's rule dumps on the VM's kernel.
+
+Installs the portmap-shaped rules of tests/netfilter/portmap.py through each backend (iptables-legacy,
+iptables-nft, native nftables), saves what the tools print, and clears them again. The dumps land in the VM's
+results share (/run/ipvs-vm/dumps); copy them to tests/netfilter/dumps/. Every file is a tool's own output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.netfilter.portmap import JUMP_RESTRICTED, ORPHAN, SCENE, iptables_restore, nft_script
+
+OUT = Path("/run/ipvs-vm/dumps")
+CLUSTER_IP_SET = (
+    "10.96.0.20,tcp:3306", "10.96.0.30,tcp:80", "10.96.0.10,udp:53", "10.96.0.40,tcp:5432",
+    "10.96.0.60,tcp:8080", "10.96.0.50,tcp:9100", "10.96.0.70,tcp:6379", "10.96.0.80,tcp:11211",
+)  # fmt: skip
+
+
+def sh(*args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"`{' '.join(args)}` failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def save(name: str, text: str) -> None:
+    (OUT / name).write_text(text)
+    print(f"wrote {name} ({len(text)} bytes)")
+
+
+def clear() -> None:
+    for tool in ("iptables-legacy", "iptables-nft"):
+        sh(tool, "-t", "nat", "-F")
+        sh(tool, "-t", "nat", "-X")
+    sh("nft", "flush", "ruleset")
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    sh("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+    for member in CLUSTER_IP_SET:
+        sh("ipset", "add", "KUBE-CLUSTER-IP", member)
+    rules = iptables_restore(SCENE, orphan=ORPHAN, jump_restricted=JUMP_RESTRICTED)
+    for backend in ("legacy", "nft"):
+        clear()
+        sh(f"iptables-{backend}-restore", "--noflush", stdin=rules)
+        save(f"portmap.iptables-{backend}-save", sh(f"iptables-{backend}-save"))
+        if backend == "nft":
+            # How nft shows iptables-nft's tables (xt matches it cannot translate).
+            save("iptables-nft.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
+    clear()
+    kube_proxy_first = iptables_restore(SCENE, kube_proxy_first=True)
+    sh("iptables-legacy-restore", "--noflush", stdin=kube_proxy_first)
+    save("kube-proxy-first.iptables-legacy-save", sh("iptables-legacy-save"))
+    clear()
+    sh("nft", "-f", "-", stdin=nft_script(SCENE, jump_restricted=JUMP_RESTRICTED, orphan=ORPHAN))
+    save("portmap.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
+    save("portmap.nft-ruleset.txt", sh("nft", "list", "ruleset"))
+    clear()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
