@@ -24,7 +24,15 @@ from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.sources import load_cluster_api, load_cluster_file
 from ipvs_reaper.config import Config, ConfigError, load_config
 from ipvs_reaper.doctor.command import NodeView, cluster_for_doctor, diagnose
-from ipvs_reaper.doctor.report import doctor_json, doctor_table
+from ipvs_reaper.doctor.probe import exposed_at, probe_kernel
+from ipvs_reaper.doctor.report import (
+    EXIT_CLEAN,
+    EXIT_FINDINGS,
+    doctor_json,
+    doctor_table,
+    probe_json,
+    probe_table,
+)
 from ipvs_reaper.errors import InputError, RuntimeFailure
 from ipvs_reaper.input_text import STDIN, read_input_text, source_name
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
@@ -138,6 +146,12 @@ def _add_doctor_inputs(parser: argparse.ArgumentParser) -> None:
         choices=["table", "json"],
         default="table",
         help="table for people, json for scripts",
+    )
+    parser.add_argument(
+        "--probe-kernel",
+        action="store_true",
+        help="as root, on the node: measure what this kernel does with a reused source port for each "
+        "conn_reuse_mode and expire_nodest_conn, in scratch network namespaces that vanish with the process",
     )
 
 
@@ -365,6 +379,17 @@ def _doctor_view(args: argparse.Namespace, node_access: NodeAccess) -> NodeView:
 
 
 def run_doctor(args: argparse.Namespace, node_access: NodeAccess, out: _Output) -> int:
+    if args.probe_kernel:
+        if args.ipvs_table or args.iptables_save or args.nft_ruleset or args.cluster_state:
+            raise InputError("--probe-kernel measures the live kernel: it takes no input files")
+        rows = probe_kernel()
+        facts = read_live_facts(node_access.sysctls, node_access.proc_kernel)
+        exposed = exposed_at(rows, facts.conn_reuse_mode, facts.expire_nodest_conn)
+        if args.output == "json":
+            out.print(json.dumps(probe_json(rows, facts, exposed), indent=2))
+        else:
+            out.print(probe_table(rows, facts, exposed))
+        return EXIT_FINDINGS if exposed else EXIT_CLEAN
     view = _doctor_view(args, node_access)
     cluster, unavailable, notes = cluster_for_doctor(args, view.node)
     report = diagnose(view, cluster, unavailable, notes)

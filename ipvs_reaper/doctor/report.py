@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipvs_reaper.doctor.findings import Finding, Severity
+from ipvs_reaper.doctor.probe import ProbeRow
 from ipvs_reaper.kernel.exposure import Verdict
 from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.netfilter.rules import Table
@@ -97,6 +98,40 @@ def doctor_table(report: DoctorReport, width: int | None = None) -> str:
         lines.append("")
     counts = report.summary()
     lines.append(", ".join(f"{n} {level}" for level, n in counts.items()))
+    return "\n".join(lines)
+
+
+def probe_json(rows: Sequence[ProbeRow], facts: KernelFacts, exposed: bool | None) -> dict[str, Any]:
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "kernel": {"release": facts.release, "version": facts.version},
+        "node": {"connReuseMode": facts.conn_reuse_mode, "expireNodestConn": facts.expire_nodest_conn},
+        "exposedAtNodeSettings": exposed,
+        "rows": [row.as_json() for row in rows],
+    }
+
+
+def probe_table(rows: Sequence[ProbeRow], facts: KernelFacts, exposed: bool | None) -> str:
+    header = ("CONN_REUSE_MODE", "EXPIRE_NODEST_CONN", "AT WEIGHT 0", "AFTER DELETE", "EXPOSED")
+    body = [
+        (
+            str(r.conn_reuse_mode),
+            str(r.expire_nodest_conn),
+            r.weight_zero,
+            r.deleted,
+            "yes" if r.exposed else "no",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+    lines = [f"KERNEL:    {facts.release or 'unknown'} {facts.version or ''}".rstrip(), ""]
+    for line in (header, *body):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    node = f"conn_reuse_mode={facts.conn_reuse_mode} expire_nodest_conn={facts.expire_nodest_conn}"
+    verdict = {True: "EXPOSED", False: "not exposed", None: "unknown (the sysctls could not be read)"}[
+        exposed
+    ]
+    lines += ["", f"This node ({node}): {verdict}, as measured on this kernel."]
     return "\n".join(lines)
 
 
