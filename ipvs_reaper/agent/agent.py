@@ -29,11 +29,14 @@ from ipvs_reaper.cluster.api import ApiFailure, ClusterApi
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache, Parsed
 from ipvs_reaper.config import Config
 from ipvs_reaper.config_reload import ReloadingConfig
+from ipvs_reaper.doctor.hostports import Names, hijacks
+from ipvs_reaper.doctor.report import metrics_view
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.kernel.addresses import AddressError
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.kernel.sysctl import SysctlError, Sysctls
+from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules
 from ipvs_reaper.planner import RefusalKind
 from ipvs_reaper.values import IPAddress, RealKey, VirtualKey
 
@@ -62,6 +65,7 @@ class Agent:
         local_addresses: Callable[[], tuple[IPAddress, ...]],
         kernel_facts: Callable[[], KernelFacts],
         metrics: AgentMetrics,
+        read_rules: Callable[[], RuleSources] = read_live_rules,
         clocks: Clocks | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -70,6 +74,10 @@ class Agent:
         self._api = api
         self._local_addresses = local_addresses
         self._kernel_facts = kernel_facts
+        self._read_rules = read_rules
+        # The doctor pass's last conflicts (and whether the rules could be read): logged when they change.
+        self._conflicts: frozenset[str] | None = None
+        self._rules_unreadable: str | None = None
         self._clocks = clocks = clocks or Clocks()
         self._rng = rng or random.Random()
         self.cache = ClusterCache(options.node_name, clocks.monotonic, options.max_silence)
@@ -293,6 +301,41 @@ class Agent:
             self._say_readiness()
             await self._read_kernel_facts()
             await asyncio.sleep(_CONFIG_POLL)
+
+    async def doctor_forever(self) -> None:
+        """The doctor's hostPort check, at start and then every --doctor-interval: reads only, never acts."""
+        if self.options.doctor_interval <= 0:
+            return
+        while True:
+            await self._doctor_pass()
+            await asyncio.sleep(self.options.doctor_interval)
+
+    async def _doctor_pass(self) -> None:
+        rules = await asyncio.to_thread(self._read_rules)
+        if not rules.read_any:
+            why = "; ".join(rules.notes)
+            if why != self._rules_unreadable:
+                log.error("doctor: the node's NAT rules cannot be read, hostPort conflicts unknown: %s", why)
+            self._rules_unreadable = why
+            self.metrics.errors.labels("doctor").inc()
+            return
+        self._rules_unreadable = None
+        try:
+            table = await asyncio.to_thread(self.reconciler.read_table)
+        except IpvsError as error:
+            log.debug("doctor: reading the IPVS table: %s", error)
+            self.metrics.errors.labels("doctor").inc()
+            return
+        cluster = self.cache.snapshot() if self.cache.ready else None
+        names = Names(cluster, self.options.node_name, None if cluster else "no complete listing yet")
+        findings = await asyncio.to_thread(hijacks, rules.tables, table, names)
+        self.metrics.conflicts(metrics_view(findings))
+        said = {f"{f.title} [{f.evidence[0].source}: {f.evidence[0].rule}]" for f in findings}
+        for line in sorted(said - (self._conflicts or frozenset())):
+            log.warning("doctor: hostPort conflict: %s", line)
+        for line in sorted((self._conflicts or frozenset()) - said):
+            log.info("doctor: resolved: %s", line)
+        self._conflicts = frozenset(said)
 
     def _refresh_config(self) -> Config | None:
         before = self.config.state.config

@@ -23,6 +23,7 @@ from ipvs_reaper.errors import RuntimeFailure
 from ipvs_reaper.ipvs.backend import IpvsBackend
 from ipvs_reaper.kernel.facts import read_live_facts
 from ipvs_reaper.kernel.sysctl import Sysctls
+from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules
 from ipvs_reaper.values import IPAddress
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ async def run_agent(
     stop: asyncio.Event | None = None,
     clocks: Clocks | None = None,
     started: asyncio.Future[Agent] | None = None,
+    read_rules: Callable[[], RuleSources] = read_live_rules,
 ) -> int:
     """Runs until `stop` is set (or a signal stops it); returns the exit code. `started` receives the agent,
     for tests."""
@@ -77,6 +79,7 @@ async def run_agent(
             kernel_release=platform.release(),
         ),
         clocks=clocks or Clocks(),
+        read_rules=read_rules,
     )
     try:
         health = await start_health_server(agent, options.listen_host, options.listen_port)
@@ -96,6 +99,7 @@ async def run_agent(
     )
     # Config problems are reported at once and whatever the API does: this loop does not wait for a listing.
     config_task = asyncio.create_task(agent.config_forever(), name="config")
+    doctor_task = asyncio.create_task(agent.doctor_forever(), name="doctor")
     if started is not None:
         started.set_result(agent)
     # kopf asks again after a 401: each login reads the (rotated) token anew.
@@ -111,9 +115,10 @@ async def run_agent(
             stop_flag=stop,
         )
     finally:
-        config_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await config_task
+        for task in (config_task, doctor_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await health.cleanup()
         api.close()
     if memo.failure is not None:

@@ -7,7 +7,7 @@ label carries a pod, an address or anything else without a bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -24,7 +24,7 @@ REAPED_STATES = (EndpointState.GONE, EndpointState.TERMINATING, EndpointState.NO
 PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
 # The failures seen in practice, pre-created; any other errno still gets its own series when it happens.
 FAILURE_REASONS = ("EPERM", "EINVAL", "ENOMEM", "EBUSY", "EIO", "ENOBUFS", "sysctl", "reread", "other")
-ERROR_SITES = ("ipvs", "list", "heartbeat", "event", "addresses", "sysctl")
+ERROR_SITES = ("ipvs", "list", "heartbeat", "event", "addresses", "sysctl", "doctor")
 TRIGGERS = ("sweep", "event", "follow-up")
 _EXPOSED = {Exposure.EXPOSED: 1, Exposure.NOT_EXPOSED: 0, Exposure.UNKNOWN: -1}
 
@@ -119,6 +119,13 @@ class AgentMetrics:
             "Whether a reused source port can reach a dead pod on this node: 1 exposed, 0 not, -1 unknown",
             registry=r,
         )
+        self.hostport_conflicts = Gauge(
+            "ipvs_reaper_hostport_conflicts",
+            "Port-forwarding (hostPort) rules that take a virtual service's traffic before IPVS sees it, by "
+            "the virtual service's protocol and port and its Service (empty when not named); doctor pass",
+            ["protocol", "port", "service"],
+            registry=r,
+        )
         self.sysctl = Gauge(
             "ipvs_reaper_sysctl",
             "The node's net.ipv4.vs sysctls as last read (-1: not present, ip_vs not loaded)",
@@ -196,6 +203,12 @@ class AgentMetrics:
             counts[key] += 1
         for (state, action), count in counts.items():
             self.stale.labels(state.value, action.value).set(count)
+
+    def conflicts(self, counts: Mapping[tuple[str, int, str], int]) -> None:
+        """Replaces the series: a conflict that went away leaves no stale series behind."""
+        self.hostport_conflicts.clear()
+        for (protocol, port, service), count in counts.items():
+            self.hostport_conflicts.labels(protocol, str(port), service).set(count)
 
     def kernel(self, facts: KernelFacts, exposure: Exposure) -> None:
         for name in IPVS_SYSCTLS:

@@ -38,6 +38,8 @@ class AgentOptions:
     post_events: bool
     event_interval: float  # at most one Event per Service this often; the rest are added to the next one
     first_seen_file: Path | None
+    # The doctor's hostPort check (reading iptables and nftables): at start, then this often; 0: never.
+    doctor_interval: float = 300.0
     log_level: str = "info"
     log_format: str = "text"
 
@@ -57,6 +59,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", metavar="FILE", help="for development (default: in-cluster)")
     parser.add_argument(
         "--listen", default="0.0.0.0:9808", metavar="HOST:PORT", help="/healthz, /readyz and /metrics"
+    )
+    parser.add_argument(
+        "--doctor-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how often to look for hostPort rules that take Service traffic "
+        "(ipvs_reaper_hostport_conflicts); 0: never",
     )
     parser.add_argument(
         "--sweep-interval", type=float, default=60.0, metavar="SECONDS", help="whole-table sweeps, ±10 %%"
@@ -128,6 +138,12 @@ def _positive(value: float, flag: str) -> float:
     return value
 
 
+def _not_negative(value: float, flag: str) -> float:
+    if not value >= 0 or value == float("inf"):
+        raise InputError(f"{flag}: expected a number of seconds >= 0, got {value:g}")
+    return value
+
+
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
     host, _, port_text = args.listen.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -153,6 +169,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         post_events=args.post_events,
         event_interval=_positive(args.event_interval, "--event-interval"),
         first_seen_file=args.first_seen_file,
+        doctor_interval=_not_negative(args.doctor_interval, "--doctor-interval"),
         log_level=args.log_level,
         log_format=args.log_format,
     )

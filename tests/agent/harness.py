@@ -20,6 +20,7 @@ from ipvs_reaper.agent.main import run_agent
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
+from ipvs_reaper.netfilter.sources import RuleSources
 from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
 
 CHURN_AGENT = "cluster-churn"  # the User-Agent of the test's own writes, which the write guard leaves out
@@ -64,6 +65,10 @@ class WallClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+# The host's own iptables and nftables are not the agent tests' business: the doctor pass reads none.
+NO_RULES = RuleSources((), (), True)
 
 
 def options(directory: Path, url: str, **overrides: Any) -> AgentOptions:
@@ -149,6 +154,7 @@ async def running(
     sysctls: FakeSysctls | None = None,
     wall: WallClock | None = None,
     local_addresses: tuple[IPAddress, ...] = (),
+    rules: Callable[[], RuleSources] = lambda: NO_RULES,
 ) -> AsyncIterator[Agent]:
     stop = asyncio.Event()
     started: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
@@ -162,6 +168,7 @@ async def running(
             stop=stop,
             clocks=clocks,
             started=started,
+            read_rules=rules,
         )
     )
     done, _ = await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
-from tests.agent.harness import SLICES, Cluster, eventually, options, real, running, table
+from ipvs_reaper.netfilter.sources import read_rule_files
+from tests.agent.harness import NO_RULES, SLICES, Cluster, eventually, options, real, running, table
 from tests.agent.test_agent import WEB, seed, web_slice
 from tests.builders import endpoint
 from tests.conftest import ROOT
@@ -83,6 +85,8 @@ def test_the_readme_documents_every_contract_metric() -> None:
         base = name.removesuffix("_count")
         assert f"`{base}" in readme, f"{base} is not in README.md"
     assert "`ipvs_reaper_would_reap_total" in readme
+    # A series per conflict found, none while there is none (`> 0` alerts need no zero series).
+    assert "`ipvs_reaper_hostport_conflicts" in readme
 
 
 async def test_deletions_failures_and_the_kernel_show(api: Any, tmp_path: Path) -> None:
@@ -145,3 +149,34 @@ async def test_the_breaker_is_a_refusal_and_a_gauge(api: Any, tmp_path: Path) ->
             config.write_text("breaker: {maxShare: 1}\n")
             await eventually(lambda: fake.deleted != [], what="reaped once the breaker allows")
             await eventually(lambda: agent.metrics.breaker_open._value.get() == 0, what="breaker closed")
+
+
+async def test_hostport_conflicts_follow_the_doctor_pass(api: Any, tmp_path: Path) -> None:
+    """A hostPort 80 rule (the VM's legacy dump) takes the web Service's ClusterIP:80; the series names it,
+    and goes away with the rule."""
+    dump = ROOT / "tests" / "netfilter" / "dumps" / "portmap.iptables-legacy-save"
+    hijacking = read_rule_files([str(dump)], [])
+    current = [hijacking]
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1)))
+    conflict = {"protocol": "TCP", "port": "80", "service": "a/web"}
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        agent_options = options(tmp_path, str(api.url), doctor_interval=0.2)
+        async with running(agent_options, fake, rules=lambda: current[0]) as agent:
+            await eventually(lambda: agent.cache.ready, what="the first listing")
+            named: list[Samples] = []
+
+            async def conflicted() -> bool:
+                named.append(await scrape(agent))
+                return ("ipvs_reaper_hostport_conflicts", frozenset(conflict.items())) in named[-1]
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await conflicted():
+                assert asyncio.get_running_loop().time() < deadline, "no conflict series"
+                await asyncio.sleep(0.1)
+            assert value(named[-1], "ipvs_reaper_hostport_conflicts", **conflict) == 1
+            current[0] = NO_RULES
+            deadline = asyncio.get_running_loop().time() + 10
+            while await conflicted():
+                assert asyncio.get_running_loop().time() < deadline, "the conflict series stayed"
+                await asyncio.sleep(0.1)
