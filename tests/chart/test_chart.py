@@ -55,6 +55,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "rbac": {"create": False},
         "metrics": {"service": {"enabled": False}},
         "firstSeen": {"enabled": False},
+        "doctor": {"interval": 0},
         "sysctlMount": False,
         "alerts": {"rules": {"IpvsReaperDown": {"enabled": False}}},
         "tolerations": [],
@@ -177,7 +178,9 @@ def privileged(node: Any) -> bool:
     return isinstance(node, list) and any(privileged(value) for value in node)
 
 
-def test_the_pod_is_a_node_agent_with_one_capability(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_the_pod_is_a_node_agent_with_net_admin_and_net_raw_for_the_doctor_only(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     for name, documents in rendered.items():
         assert not privileged(documents), name
         (daemonset,) = objects_of(documents, "DaemonSet")
@@ -188,7 +191,10 @@ def test_the_pod_is_a_node_agent_with_one_capability(rendered: dict[str, list[di
         assert "checksum/config" not in json.dumps(daemonset["spec"]["template"]["metadata"])
         agent, *others = containers(daemonset)
         context = agent["securityContext"]
-        assert context["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}, name
+        doctor = VALUE_SETS[name].get("doctor", {}).get("interval", 300) > 0
+        added = ["NET_ADMIN", "NET_RAW"] if doctor else ["NET_ADMIN"]
+        assert context["capabilities"] == {"drop": ["ALL"], "add": added}, name
+        assert f"--doctor-interval={VALUE_SETS[name].get('doctor', {}).get('interval', 300)}" in agent["args"]
         assert context["runAsUser"] == 0 and context["privileged"] is False
         assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
         assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in agent[
