@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.4
-# ipvs-reaper's image: Debian's Python 3.11 and a virtualenv of the package, nothing else.
+# ipvs-reaper's image: Debian's Python 3.11, a virtualenv of the package, and iptables and nftables (read by
+# `ipvs-reaper doctor` and the agent's hostPort check).
 #
 #   podman build -t ipvs-reaper .                 (or docker build)
 #
@@ -21,7 +22,8 @@ COPY ipvs_reaper ./ipvs_reaper
 # pip and setuptools leave with the build. Of the kubernetes package: its asyncio copy of the generated client
 # (kubernetes/aio) goes, since nothing here imports it (the agent uses the synchronous client, kopf its own
 # aiohttp session); the generated API and model modules (kubernetes/client/{api,models}: every one of them is
-# imported at start) are kept as byte-code only, 33 MB of source no one reads in a container. The rest is
+# imported at start) are kept as byte-code only, 33 MB of source no one reads in a container, and compiled with
+# docstrings left out (-o 2; nothing reads them either, and they are most of that byte-code). The rest is
 # compiled here once as well, since the root filesystem is read-only at run time.
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
@@ -29,7 +31,7 @@ RUN --mount=type=secret,id=ca \
     && /opt/ipvs-reaper/bin/pip uninstall -q -y pip setuptools \
     && k8s=/opt/ipvs-reaper/lib/python3.11/site-packages/kubernetes \
     && rm -rf "$k8s/aio" \
-    && /opt/ipvs-reaper/bin/python -m compileall -q -b -j 0 "$k8s/client/api" "$k8s/client/models" \
+    && /opt/ipvs-reaper/bin/python -m compileall -q -b -o 2 -j 0 "$k8s/client/api" "$k8s/client/models" \
     && find "$k8s/client/api" "$k8s/client/models" -name '*.py' -delete \
     && /opt/ipvs-reaper/bin/python -m compileall -q -j 0 /opt/ipvs-reaper/lib
 
@@ -41,9 +43,10 @@ LABEL org.opencontainers.image.title="ipvs-reaper" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/ipvs-reaper/ipvs-reaper" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
-# Only the interpreter: no compilers, no pip, no apt lists.
+# The interpreter, and the save tools of both iptables backends and nft, which the doctor runs to read the
+# node's NAT rules (it never changes them): no compilers, no pip, no apt lists.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
+    && apt-get install -y --no-install-recommends python3 iptables nftables \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
 COPY --from=build /opt/ipvs-reaper /opt/ipvs-reaper
 # The bundled example, for `ipvs-reaper scan` without a cluster (README: Quick start).

@@ -27,7 +27,7 @@ with atheris.instrument_imports(include=["ipvs_reaper", "yaml"]):
 # Targets whose input is JSON: byte mutations mostly break the JSON, so the parser behind it is never reached.
 # For those, most mutations edit the decoded document instead (a value replaced, a key dropped, a subtree
 # copied elsewhere), so that the objects stay objects with wrong things in them.
-JSON_TARGETS = frozenset({"api_objects", "cluster_list", "node_addresses", "first_seen_file"})
+JSON_TARGETS = frozenset({"api_objects", "cluster_list", "node_addresses", "first_seen_file", "nft_ruleset"})
 # The same for the operator's YAML documents: a huge number reaches a real key instead of a broken line.
 YAML_TARGETS = frozenset({"config", "annotation"})
 _ODD_VALUES: list[object] = [

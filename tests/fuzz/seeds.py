@@ -16,6 +16,7 @@ def _objects() -> list[bytes]:
 
 def seeds(target: str) -> list[bytes]:
     examples, fixtures = ROOT / "examples", ROOT / "tests" / "fixtures"
+    dumps = ROOT / "tests" / "netfilter" / "dumps"
     by_target = {
         "proc_ip_vs": [(examples / "ip_vs.txt").read_bytes(), (fixtures / "proc-net-ip_vs.txt").read_bytes()],
         "cluster_list": [(examples / "cluster.json").read_bytes()],
@@ -35,6 +36,17 @@ def seeds(target: str) -> list[bytes]:
         "first_seen_file": [
             b'{"TCP 4 10.96.0.2 80 0 10.1.0.2 8080": "2026-11-22T12:00:00+00:00", '
             b'"TCP 4 10.96.0.2 80 0 10.1.0.3 8080": "2026-11-22T11:59:00+00:00"}',
+        ],
+        "iptables_save": [
+            (dumps / name).read_bytes()
+            for name in (
+                "portmap.iptables-legacy-save",
+                "portmap.iptables-nft-save",
+                "kube-proxy-first.iptables-legacy-save",
+            )
+        ],
+        "nft_ruleset": [
+            (dumps / n).read_bytes() for n in ("portmap.nft-ruleset.json", "iptables-nft.nft-ruleset.json")
         ],
     }
     return by_target[target]

@@ -24,6 +24,10 @@ from ipvs_reaper.errors import InputError
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.kernel.addresses import parse_node_addresses
 from ipvs_reaper.kernel.facts import parse_sysctl_text
+from ipvs_reaper.netfilter.iptables_save import parse_iptables_save
+from ipvs_reaper.netfilter.nft_json import parse_nft_json
+from ipvs_reaper.netfilter.rules import Packet, Table
+from ipvs_reaper.netfilter.walk import walk
 from ipvs_reaper.planner import SweepInputs, plan_sweep
 from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
 
@@ -146,6 +150,23 @@ def first_seen_file(data: bytes) -> None:
         _plan_with(Config(), first_seen=FirstSeen(path).all)
 
 
+def _walk_all(tables: list[Table]) -> None:
+    # A parsed table must also be walkable: the doctor sends packets through whatever was read.
+    for protocol, port in (("tcp", 80), ("udp", 53)):
+        list(walk(tables, Packet(4, protocol, port, ipaddress.ip_address("10.96.0.1"))))
+        list(walk(tables, Packet(4, protocol, port, None)))
+
+
+def iptables_save(data: bytes) -> None:
+    with contextlib.suppress(InputError):
+        _walk_all(parse_iptables_save(_text(data), "fuzz"))
+
+
+def nft_ruleset(data: bytes) -> None:
+    with contextlib.suppress(InputError):
+        _walk_all(parse_nft_json(_text(data), "fuzz"))
+
+
 TARGETS: dict[str, Target] = {
     "proc_ip_vs": proc_ip_vs,
     "cluster_list": cluster_list,
@@ -155,4 +176,6 @@ TARGETS: dict[str, Target] = {
     "sysctls": sysctls,
     "node_addresses": node_addresses,
     "first_seen_file": first_seen_file,
+    "iptables_save": iptables_save,
+    "nft_ruleset": nft_ruleset,
 }

@@ -148,10 +148,11 @@ CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
 
 def in_image(
-    root: Path, *args: str, program: str = "/opt/ipvs-reaper/bin/ipvs-reaper"
+    root: Path, *args: str, program: str = "/opt/ipvs-reaper/bin/ipvs-reaper", stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CHROOT, str(root), program, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -193,6 +194,28 @@ def test_the_quick_start_scan(image: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["summary"]["reap"] > 0
+
+
+def test_the_doctor_and_its_tools(image: Path) -> None:
+    for tool in ("iptables-legacy-save", "iptables-nft-save", "ip6tables-legacy-save", "ip6tables-nft-save"):
+        assert in_image(image, "--version", program=f"/usr/sbin/{tool}").returncode == 0, tool
+    assert in_image(image, "--version", program="/usr/sbin/nft").returncode == 0
+    examples = "/usr/share/ipvs-reaper/examples"
+    dump = (ROOT / "tests" / "netfilter" / "dumps" / "portmap.iptables-legacy-save").read_text()
+    result = in_image(
+        image,
+        "doctor", "-o", "json", "--node-name", "node-a",
+        "--cluster-state", f"{examples}/cluster.json", "--ipvs-table", f"{examples}/ip_vs.txt",
+        "--iptables-save", "-",
+        stdin=dump,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    ports = {
+        (f["protocol"], f["port"])
+        for f in json.loads(result.stdout)["findings"]
+        if f["kind"] == "well-known-port"
+    }
+    assert ports == {("TCP", 80), ("TCP", 443), ("UDP", 53)}
 
 
 def test_small_and_without_build_tools_or_the_build_secret(image: Path) -> None:
