@@ -1,6 +1,7 @@
 """ipvs-reaper: find and delete the stale weight-0 IPVS real servers kube-proxy leaves behind.
 
-`scan` reports, `reap --once` deletes once, `run` is the node agent (the DaemonSet's process)."""
+`scan` reports, `reap --once` deletes once, `run` is the node agent (the DaemonSet's process), `doctor` finds
+what else exposes a node (hostPort rules that take Service traffic, the kernel, the sysctls)."""
 
 from __future__ import annotations
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
 
+from ipvs_reaper.cli import NodeAccess, main
 from ipvs_reaper.cluster.sources import load_cluster_api
 from ipvs_reaper.errors import RuntimeFailure
+from ipvs_reaper.ipvs.fake import FakeIpvs
+from ipvs_reaper.kernel.sysctl import FakeSysctls
 from tests.agent.harness import kubeconfig
-from tests.builders import endpoint, endpoint_slice, node, port, service
+from tests.builders import endpoint, endpoint_slice, node, pod, port, service
+from tests.netfilter.scene import DUMPS, NODE, cluster_items, table
 
 
 def store(emulator: Any, resource: str, obj: dict[str, Any]) -> None:
@@ -85,3 +90,32 @@ async def test_items_that_are_not_objects_make_the_view_unusable(api: Any, tmp_p
     state = await asyncio.to_thread(load_cluster_api, "node-a", kubeconfig(tmp_path, str(api.url)))
     assert not state.usable
     assert "items[0] is not an object" in state.problems[0]
+
+
+async def test_doctor_names_owners_from_this_nodes_pods(
+    api: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`doctor` without a cluster-state file lists the cluster, and this node's Pods for the rules' owners."""
+    resources = {
+        "Service": "v1/services",
+        "EndpointSlice": "discovery.k8s.io/v1/endpointslices",
+        "Node": "v1/nodes",
+        "Pod": "v1/pods",
+    }
+    for item in cluster_items():
+        store(api, resources[item["kind"]], item)
+    elsewhere = pod(
+        "db", "mysql-a-0-twin", "node-b", "10.244.1.5", [{"containerPort": 3306, "hostPort": 3306}]
+    )
+    store(api, "v1/pods", elsewhere)  # same address on another node: not this node's owner
+    sysctls = FakeSysctls({"conn_reuse_mode": 1, "expire_nodest_conn": 1, "expire_quiescent_template": 1})
+    access = NodeAccess(FakeIpvs(table()), sysctls, proc_kernel=tmp_path, local_addresses=lambda: ())
+    argv = ["doctor", "--node-name", NODE, "--kubeconfig", kubeconfig(tmp_path, str(api.url)), "-o", "json"]
+    argv += ["--iptables-save", str(DUMPS / "portmap.iptables-legacy-save")]
+    code = await asyncio.to_thread(main, argv, access)
+    document = json.loads(capsys.readouterr().out)
+    assert code == 3 and document["names"] is True, document["namesUnavailable"]
+    owners = {f["service"]: f["owner"] for f in document["findings"] if f["kind"] == "hijack"}
+    assert owners["db/mysql-b"] == "db/mysql-a-0"
+    assert owners["web/frontend"] == "ingress/controller-x1"
+    assert [len(api[verb]) for verb in ("post", "put", "patch", "delete")] == [0, 0, 0, 0]

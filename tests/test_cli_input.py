@@ -354,7 +354,7 @@ def test_version_and_help_show_defaults(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["--help"])
     top = " ".join(capsys.readouterr().out.split())
-    assert "`run` is the node agent" in top and "{scan,reap,run}" in top
+    assert "`run` is the node agent" in top and "{scan,reap,run,doctor}" in top
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -22,6 +22,7 @@ from ipvs_reaper.netfilter.iptables_save import backend_of, parse_iptables_save
 from ipvs_reaper.netfilter.nft_json import parse_nft_json
 from ipvs_reaper.netfilter.rules import Action, PortMatch
 from ipvs_reaper.netfilter.sources import RuleSources, read_rule_files
+from ipvs_reaper.netfilter.walk import WalkTooLong
 from tests.netfilter.scene import DUMPS, HIJACKED, NODE, SERVICES, cluster_items, table
 
 SAFE_FACTS = facts_from_input("6.1.0-56-amd64", None, {"conn_reuse_mode": 1, "expire_nodest_conn": 1})
@@ -281,3 +282,28 @@ def test_cli_sysctl_mismatch_is_a_warning(tmp_path: Path, capsys: pytest.Capture
     assert main([*argv, "-o", "json"], _access(tmp_path, nodest=0)) == 3
     kinds = {f["kind"] for f in json.loads(capsys.readouterr().out)["findings"]}
     assert kinds == {"sysctl-mismatch"}
+
+
+def test_a_jump_loop_is_refused_by_both_readers() -> None:
+    with pytest.raises(InputError, match=r"chain A jumps back to itself \(A -> B -> A\)"):
+        parse_iptables_save("*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -g A\nCOMMIT\n", "dump")
+    chains = [{"chain": {"family": "ip", "table": "t", "name": n}} for n in ("a", "b")]
+    rules = [
+        {"rule": {"family": "ip", "table": "t", "chain": c, "expr": [{"jump": {"target": t}}]}}
+        for c, t in (("a", "b"), ("b", "a"))
+    ]
+    with pytest.raises(InputError, match="chain a jumps back to itself"):
+        parse_nft_json(json.dumps({"nftables": chains + rules}), "ruleset.json")
+
+
+def test_rules_that_branch_without_end_are_refused_not_walked_for_ever() -> None:
+    """Each chain jumps twice to the next on a match that cannot be judged: 2^30 paths (found by fuzzing)."""
+    depth = 30
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", *(f":C{i} - [0:0]" for i in range(depth))]
+    lines += ["-A PREROUTING -j C0"]
+    for i in range(depth - 1):
+        lines += [f"-A C{i} -i eth{i} -j C{i + 1}"] * 2
+    lines += [f"-A C{depth - 1} -p tcp --dport 80 -j DNAT --to-destination 10.0.0.1:80", "COMMIT"]
+    rules = RuleSources(tuple(parse_iptables_save("\n".join(lines) + "\n", "tangled")), (), True)
+    with pytest.raises(WalkTooLong, match="tangled: following one packet"):
+        doctor(rules)

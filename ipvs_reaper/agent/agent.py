@@ -37,6 +37,7 @@ from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.kernel.sysctl import SysctlError, Sysctls
 from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules
+from ipvs_reaper.netfilter.walk import WalkTooLong
 from ipvs_reaper.planner import RefusalKind
 from ipvs_reaper.values import IPAddress, RealKey, VirtualKey
 
@@ -78,6 +79,7 @@ class Agent:
         # The doctor pass's last conflicts (and whether the rules could be read): logged when they change.
         self._conflicts: frozenset[str] | None = None
         self._rules_unreadable: str | None = None
+        self._rule_notes: tuple[str, ...] = ()
         self._clocks = clocks = clocks or Clocks()
         self._rng = rng or random.Random()
         self.cache = ClusterCache(options.node_name, clocks.monotonic, options.max_silence)
@@ -319,7 +321,11 @@ class Agent:
             self._rules_unreadable = why
             self.metrics.errors.labels("doctor").inc()
             return
-        self._rules_unreadable = None
+        if rules.notes != self._rule_notes:
+            # Some tool missing or failing (legacy iptables without NET_RAW...): the check is partial.
+            for note in rules.notes:
+                log.warning("doctor: %s; its rules are not checked", note)
+            self._rule_notes = rules.notes
         try:
             table = await asyncio.to_thread(self.reconciler.read_table)
         except IpvsError as error:
@@ -328,7 +334,17 @@ class Agent:
             return
         cluster = self.cache.snapshot() if self.cache.ready else None
         names = Names(cluster, self.options.node_name, None if cluster else "no complete listing yet")
-        findings = await asyncio.to_thread(hijacks, rules.tables, table, names)
+        try:
+            findings = await asyncio.to_thread(hijacks, rules.tables, table, names)
+        except WalkTooLong as error:
+            if str(error) != self._rules_unreadable:
+                log.error("doctor: %s", error)
+            self._rules_unreadable = str(error)
+            self.metrics.errors.labels("doctor").inc()
+            return
+        if self._rules_unreadable is not None:
+            log.info("doctor: the node's NAT rules can be judged again")
+        self._rules_unreadable = None
         self.metrics.conflicts(metrics_view(findings))
         said = {f"{f.title} [{f.evidence[0].source}: {f.evidence[0].rule}]" for f in findings}
         for line in sorted(said - (self._conflicts or frozenset())):

@@ -22,6 +22,7 @@ from ipvs_reaper.netfilter.rules import (
     SetMatch,
     Table,
     Target,
+    jump_loop,
     network,
 )
 from ipvs_reaper.values import IPAddress
@@ -231,6 +232,9 @@ def parse_iptables_save(text: str, source: str) -> list[Table]:
             name: Chain(name, tuple(chain_rules), hook=_BUILTIN_HOOKS.get(name), nat=True)
             for name, chain_rules in rules.items()
         }
+        loop = jump_loop(chains)
+        if loop is not None:
+            raise InputError(f"{source}: chain {loop[0]} jumps back to itself ({' -> '.join(loop)})")
         tables.append(Table(backend, family, "nat", chains, source))
     if not seen_table and text.strip():
         raise InputError(f"{source}: no tables (expected `iptables-save` output)")

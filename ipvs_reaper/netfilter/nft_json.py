@@ -24,6 +24,7 @@ from ipvs_reaper.netfilter.rules import (
     Rule,
     Table,
     Target,
+    jump_loop,
     network,
 )
 from ipvs_reaper.values import IPAddress
@@ -99,6 +100,8 @@ def _networks(right: Any) -> tuple[Any, ...]:
 
 def _match(body: Mapping[str, Any]) -> list[Match]:
     op, left, right = body.get("op", "=="), body.get("left"), body.get("right")
+    if not isinstance(op, str):
+        raise _ExprError(f"{_show(op)} is not a match operator")
     text = f"{_show(left)} {'' if op in ('==', 'in') else op + ' '}{_show(right)}"
     if op not in ("==", "!=", "in"):
         return [OtherMatch(text)]
@@ -122,7 +125,7 @@ def _match(body: Mapping[str, Any]) -> list[Match]:
         return [ProtocolMatch(names, negate, text)]
     if isinstance(left, dict) and isinstance(left.get("fib"), dict):
         fib = left["fib"]
-        flags = fib.get("flags") or []
+        flags = fib.get("flags") if isinstance(fib.get("flags"), list) else []
         if fib.get("result") == "type" and "daddr" in flags:
             types = frozenset(str(e).upper() for e in _elements(right))
             return [
@@ -158,7 +161,7 @@ def _rule(expressions: list[Any], chains: set[str]) -> tuple[list[Match], Target
             words.append(found[-1].text)  # `tcp dport 80` says the protocol itself
         elif kind in ("jump", "goto") and isinstance(body, dict):
             name = body.get("target")
-            if name not in chains:
+            if not isinstance(name, str) or name not in chains:
                 raise _ExprError(f"{kind} to {name!r}, which is not a chain of this table")
             target = Target(Action.JUMP if kind == "jump" else Action.GOTO, chain=str(name))
             words.append(f"{kind} {name}")
@@ -251,6 +254,11 @@ def parse_nft_json(text: str, source: str) -> list[Table]:
                 any(c.isupper() for c in made) or any("xt " in r.text for c in made.values() for r in c.rules)
             )
         )
+        loop = jump_loop(made)
+        if loop is not None:
+            raise InputError(
+                f"{source}: table {family} {name}: chain {loop[0]} jumps back to itself ({' -> '.join(loop)})"
+            )
         backend = "iptables-nft" if iptables_made else "nftables"
         tables.append(Table(backend, family, name, made, source, opaque=iptables_made))
     return tables

@@ -182,6 +182,39 @@ class Table:
         return f"{self.backend} {self.family} {self.name}"
 
 
+def jump_loop(chains: Mapping[str, Chain]) -> tuple[str, ...] | None:
+    """A chain that jumps back to itself (directly or through others), as a path; None when there is none.
+    The kernel refuses such rules, so a dump with one is not a real node's."""
+    done: set[str] = set()
+    for start in chains:
+        if start in done:
+            continue
+        # Iterative depth-first search: a deep chain of jumps must not exhaust Python's recursion.
+        path: list[str] = [start]
+        on_path = {start}
+        stack = [iter(_callees(chains[start]))]
+        while stack:
+            callee = next(stack[-1], None)
+            if callee is None:
+                stack.pop()
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                continue
+            if callee in on_path:
+                return (*path[path.index(callee) :], callee)
+            if callee in done or callee not in chains:
+                continue
+            path.append(callee)
+            on_path.add(callee)
+            stack.append(iter(_callees(chains[callee])))
+    return None
+
+
+def _callees(chain: Chain) -> list[str]:
+    return [r.target.chain for r in chain.rules if r.target.action in (Action.JUMP, Action.GOTO)]
+
+
 def network(text: str) -> IPNetwork:
     """`10.0.0.1`, `10.0.0.0/8`, `fd00::/64` (raises ValueError)."""
     return ipaddress.ip_network(text, strict=False)

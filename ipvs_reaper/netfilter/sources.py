@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ipvs_reaper.errors import InputError
 from ipvs_reaper.input_text import read_input_text, source_name
 from ipvs_reaper.netfilter.iptables_save import parse_iptables_save
 from ipvs_reaper.netfilter.nft_json import parse_nft_json
@@ -57,14 +58,21 @@ def read_live_rules() -> RuleSources:
         if failure is not None:
             notes.append(failure)
             continue
+        try:
+            tables.extend(parse_iptables_save(output or "", tool))
+        except InputError as error:
+            notes.append(f"cannot read what {tool} printed: {error}")
+            continue
         read_any = True
-        tables.extend(parse_iptables_save(output or "", tool))
     output, failure = _run(_NFT)
     if failure is not None:
         notes.append(failure)
     else:
-        read_any = True
-        tables.extend(parse_nft_json(output or '{"nftables": []}', "nft -j"))
+        try:
+            tables.extend(parse_nft_json(output or '{"nftables": []}', "nft -j"))
+            read_any = True
+        except InputError as error:
+            notes.append(f"cannot read what nft printed: {error}")
     return RuleSources(tuple(_without_duplicates(tables)), tuple(notes), read_any)
 
 

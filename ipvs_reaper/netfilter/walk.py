@@ -10,10 +10,18 @@ import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ipvs_reaper.errors import InputError
 from ipvs_reaper.netfilter.rules import TERMINAL, Action, Chain, Packet, Rule, Table, Truth
 
 NAT_HOOKS = ("prerouting", "output")
 _MAX_DEPTH = 64  # the kernel refuses deeper jump chains than this anyway
+# Rules judged for one packet in one base chain. A real node's walk is a few hundred; rules that branch on
+# matches that cannot be judged, again and again, could take exponentially many.
+MAX_STEPS = 200_000
+
+
+class WalkTooLong(InputError):
+    """Rules too tangled to follow one packet through."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +77,18 @@ class _Walker:
         self.found: list[Outcome] = []
         # Terminal rules that may have applied before: whatever comes later needs them not to have.
         self.unless: list[str] = []
+        self.steps = 0
 
     def chain(self, chain: Chain, path: tuple[Step, ...], conditions: tuple[str, ...]) -> _End:
         if len(path) > _MAX_DEPTH:
             return _End.FELL_THROUGH
         for rule in chain.rules:
+            self.steps += 1
+            if self.steps > MAX_STEPS:
+                raise WalkTooLong(
+                    f"{self.table.source}: following one packet through {self.table.label} takes more than "
+                    f"{MAX_STEPS} rule evaluations; rules this tangled cannot be judged"
+                )
             result, unsure = _judge(rule, self.packet)
             if result is Truth.FALSE:
                 continue
