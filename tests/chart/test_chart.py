@@ -35,6 +35,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "dry-run": {"dryRun": True},
     "events": {"postEvents": True},
+    "pod-owners": {"doctor": {"podOwners": True}},
     "monitors-and-rules": {
         "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
         "alerts": {"prometheusRule": {"enabled": True}},
@@ -158,6 +159,7 @@ def test_rbac_reads_what_it_watches_and_writes_only_events_when_posting(
     watched = {("", "services"): READS, ("", "nodes"): READS, ("discovery.k8s.io", "endpointslices"): READS}
     assert cluster_role_rules(rendered["defaults"]) == watched
     assert cluster_role_rules(rendered["events"]) == watched | {("", "events"): {"create"}}
+    assert cluster_role_rules(rendered["pod-owners"]) == watched | {("", "pods"): {"list"}}
     assert cluster_role_rules(rendered["rbac-proxy"]) == watched | {
         ("authentication.k8s.io", "tokenreviews"): {"create"},
         ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
@@ -233,7 +235,15 @@ EXPIRE_NODEST_CONN = "/proc/sys/net/ipv4/vs/expire_nodest_conn"
 def test_the_sysctls_are_writable_only_when_the_agent_enforces(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    enforcing = {"defaults", "events", "monitors-and-rules", "rbac-proxy", "existing-config-map", "policy"}
+    enforcing = {
+        "defaults",
+        "events",
+        "pod-owners",
+        "monitors-and-rules",
+        "rbac-proxy",
+        "existing-config-map",
+        "policy",
+    }
     for name, documents in rendered.items():
         (daemonset,) = objects_of(documents, "DaemonSet")
         mounts = writable_host_mounts(daemonset)
