@@ -368,7 +368,14 @@ def _terminal_width() -> int | None:
 
 def _doctor_view(args: argparse.Namespace, node_access: NodeAccess) -> NodeView:
     _check_stdin(args)
-    inputs = _node_inputs(args, node_access)
+    table_error: str | None = None
+    try:
+        inputs = _node_inputs(args, node_access)
+    except IpvsError as error:
+        # A broken node is what the doctor is for: report the rest, and say what could not be judged.
+        table_error = str(error)
+        facts = read_live_facts(node_access.sysctls, node_access.proc_kernel)
+        inputs = NodeInputs(IpvsTable((), ()), facts, (), None)
     if args.iptables_save or args.nft_ruleset:
         rules = read_rule_files(args.iptables_save, args.nft_ruleset)
     elif args.ipvs_table:
@@ -376,7 +383,7 @@ def _doctor_view(args: argparse.Namespace, node_access: NodeAccess) -> NodeView:
     else:
         rules = read_live_rules()
     config = load_config(args.config) if args.config else Config()
-    return NodeView(_node_name(args), inputs.table, inputs.facts, rules, inputs.local, config)
+    return NodeView(_node_name(args), inputs.table, inputs.facts, rules, inputs.local, config, table_error)
 
 
 def run_doctor(args: argparse.Namespace, node_access: NodeAccess, out: _Output) -> int:

@@ -15,6 +15,7 @@ from ipvs_reaper.doctor.command import NodeView, diagnose
 from ipvs_reaper.doctor.findings import Kind, Severity
 from ipvs_reaper.doctor.report import DoctorReport, doctor_json, doctor_table, metrics_view
 from ipvs_reaper.errors import InputError
+from ipvs_reaper.ipvs.backend import IpvsError
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.facts import facts_from_input
 from ipvs_reaper.kernel.sysctl import FakeSysctls
@@ -23,6 +24,7 @@ from ipvs_reaper.netfilter.nft_json import parse_nft_json
 from ipvs_reaper.netfilter.rules import Action, PortMatch
 from ipvs_reaper.netfilter.sources import RuleSources, read_rule_files
 from ipvs_reaper.netfilter.walk import WalkTooLong
+from ipvs_reaper.values import IpvsTable
 from tests.netfilter.scene import DUMPS, HIJACKED, NODE, SERVICES, cluster_items, table
 
 SAFE_FACTS = facts_from_input("6.1.0-56-amd64", None, {"conn_reuse_mode": 1, "expire_nodest_conn": 1})
@@ -307,3 +309,20 @@ def test_rules_that_branch_without_end_are_refused_not_walked_for_ever() -> None
     rules = RuleSources(tuple(parse_iptables_save("\n".join(lines) + "\n", "tangled")), (), True)
     with pytest.raises(WalkTooLong, match="tangled: following one packet"):
         doctor(rules)
+
+
+class _NoIpvs(FakeIpvs):
+    def read_table(self) -> IpvsTable:
+        raise IpvsError("/proc/net/ip_vs does not exist: is the ip_vs module loaded?")
+
+
+def test_a_node_without_a_readable_table_still_gets_its_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    access = _access(tmp_path)
+    broken = NodeAccess(_NoIpvs(), access.sysctls, proc_kernel=tmp_path, local_addresses=lambda: ())
+    argv = ["doctor", "--node-name", NODE, "--cluster-state", _state(tmp_path), "-o", "json"]
+    argv += ["--iptables-save", str(DUMPS / "portmap.iptables-legacy-save")]
+    assert main(argv, broken) == 3
+    kinds = {f["kind"] for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert kinds == {"ipvs-unreadable", "well-known-port"}

@@ -34,6 +34,7 @@ class NodeView:
     rules: RuleSources
     local: tuple[IPAddress, ...]
     config: Config
+    table_error: str | None = None  # the live IPVS table could not be read
 
 
 def cluster_for_doctor(
@@ -123,6 +124,16 @@ def diagnose(
                 fix="Run where iptables-save and nft are installed (the image carries both), or give "
                 "--iptables-save / --nft-ruleset files.",
                 details=view.rules.notes,
+            )
+        )
+    if view.table_error is not None:
+        findings.append(
+            Finding(
+                kind=Kind.IPVS_UNREADABLE,
+                severity=Severity.WARNING,
+                title=f"the IPVS table could not be read: {view.table_error}",
+                affected="unknown: which Services a rule takes traffic from cannot be judged",
+                fix="Is ip_vs loaded, and is this kube-proxy's IPVS mode? Give a copy with --ipvs-table.",
             )
         )
     verdict = exposure_verdict(view.facts)

@@ -24,6 +24,7 @@ class Kind(enum.StrEnum):
     STALE_REAL_SERVERS = "stale-real-servers"
     SYSCTL_MISMATCH = "sysctl-mismatch"
     RULES_UNREADABLE = "rules-unreadable"
+    IPVS_UNREADABLE = "ipvs-unreadable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,17 @@ from ipvs_reaper.planner import Action, Plan
 from ipvs_reaper.values import IpvsTable
 
 
+def _shown(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
 def kernel_findings(facts: KernelFacts, verdict: Verdict, probe_hint: bool) -> list[Finding]:
     if verdict.exposure is Exposure.NOT_EXPOSED:
         return []
     details = (
         f"kernel {facts.release or 'unknown'} ({facts.source})",
-        f"conn_reuse_mode={facts.conn_reuse_mode} expire_nodest_conn={facts.expire_nodest_conn}",
+        f"conn_reuse_mode={_shown(facts.conn_reuse_mode)} "
+        f"expire_nodest_conn={_shown(facts.expire_nodest_conn)}",
     )
     if verdict.exposure is Exposure.EXPOSED:
         return [

@@ -68,7 +68,7 @@ def doctor_table(report: DoctorReport, width: int | None = None) -> str:
     room = max(60, width or 110)
     lines = [f"NODE:      {report.node}"]
     sources = sorted({f"{t.backend} {t.family} {t.name}" for t in report.tables})
-    lines.append(f"RULES:     {', '.join(sources) if sources else 'none read'}")
+    lines.append(f"RULES:     {', '.join(sources) if sources else 'no nat tables'}")
     if report.names_unavailable:
         lines += textwrap.wrap(
             f"names unavailable ({report.names_unavailable}): findings are by address, port and protocol",

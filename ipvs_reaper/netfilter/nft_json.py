@@ -41,7 +41,7 @@ class _ExprError(Exception):
 def _show(value: Any) -> str:
     """An expression's value as nft prints it, near enough for a person to recognise the rule."""
     if isinstance(value, dict):
-        if "set" in value:
+        if isinstance(value.get("set"), list):
             return "{ " + ", ".join(_show(v) for v in value["set"]) + " }"
         if "range" in value and isinstance(value["range"], list):
             return "-".join(_show(v) for v in value["range"])
@@ -52,7 +52,8 @@ def _show(value: Any) -> str:
         if "meta" in value and isinstance(value["meta"], dict):
             return f"meta {value['meta'].get('key')}"
         if "fib" in value and isinstance(value["fib"], dict):
-            flags = " . ".join(str(f) for f in value["fib"].get("flags", []))
+            listed = value["fib"].get("flags")
+            flags = " . ".join(str(f) for f in listed) if isinstance(listed, list) else ""
             return f"fib {flags} {value['fib'].get('result')}"
         return json.dumps(value, sort_keys=True)
     if isinstance(value, list):
@@ -227,6 +228,8 @@ def parse_nft_json(text: str, source: str) -> list[Table]:
             raise InputError(f"{source}: nftables[{index}]: a rule of no known chain, or without expressions")
         try:
             matches, target, words = _rule(rule["expr"], set(chains))
+        except RecursionError:
+            raise InputError(f"{source}: nftables[{index}]: nested too deeply to be an nft rule") from None
         except _ExprError as error:
             raise InputError(
                 f"{source}: nftables[{index}] (table {key[0]} {key[1]}, chain {chain_name}): {error}"
