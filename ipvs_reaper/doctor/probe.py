@@ -225,7 +225,9 @@ def probe_kernel(timeout: float = 3.0, first_port: int = 41000) -> list[ProbeRow
         for number, (reuse, nodest) in enumerate(ROWS):
             rows.append(_row(reuse, nodest, first_port + number, timeout))
     except (NamespaceError, NetlinkError, OSError) as error:
-        raise RuntimeFailure(f"the kernel probe could not run: {error}") from None
+        raise RuntimeFailure(
+            f"the kernel probe could not run (it needs root and IPVS in the kernel): {error}"
+        ) from None
     return rows
 
 
