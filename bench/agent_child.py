@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from ipvs_reaper.agent.main import run_agent
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
+from ipvs_reaper.netfilter.sources import RuleSources
 
 
 def _rss_mib() -> float:
@@ -55,10 +57,19 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
         post_events=False,
         event_interval=60.0,
         first_seen_file=None,
+        doctor_interval=float(os.environ.get("BENCH_DOCTOR_INTERVAL", "300")),
     )
     started: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        run_agent(options, fake, FakeSysctls({"expire_nodest_conn": 1}), started=started)
+        run_agent(
+            options,
+            fake,
+            FakeSysctls({"expire_nodest_conn": 1}),
+            lambda: (),
+            started=started,
+            # The host's own NAT rules are not the benchmark's: the doctor pass walks the table through none.
+            read_rules=lambda: RuleSources((), (), True),
+        )
     )
     agent = await started
     on_event = agent.on_event

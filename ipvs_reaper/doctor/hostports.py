@@ -112,6 +112,10 @@ def _owner_text(owner: str | None, names: Names) -> str:
 def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Finding]:
     """A finding for each virtual service whose traffic a DNAT or REDIRECT can take before IPVS sees it."""
     findings = []
+    backends_of: dict[VirtualKey, set[tuple[IPAddress | None, int | None]]] = {}
+    for rs in table.real_servers:
+        # One pass: asking the table per virtual service would be quadratic on a large node.
+        backends_of.setdefault(rs.key.virtual, set()).add((rs.key.address, rs.key.port))
     for service in table.services:
         key = service.key
         if key.address is None or key.protocol is Protocol.FWM:
@@ -119,12 +123,11 @@ def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Fin
         packet = Packet(
             key.family, key.protocol.value.lower(), key.port, key.address, names.set_membership(key)
         )
-        backends = {(rs.key.address, rs.key.port) for rs in table.real_servers_of(key)}
-        rewriting = [
-            o
-            for o in walk(tables, packet)
-            if o.rewrites and (o.rule.target.address, o.rule.target.port) not in backends
-        ]
+        rewriting = [o for o in walk(tables, packet) if o.rewrites]
+        if rewriting:
+            # kube-proxy's own DNAT (iptables mode) to this service's endpoints is not a hijack.
+            backends = backends_of.get(key, set())
+            rewriting = [o for o in rewriting if (o.rule.target.address, o.rule.target.port) not in backends]
         if rewriting:
             findings.append(_hijack(key, _group(rewriting), names))
     return findings
