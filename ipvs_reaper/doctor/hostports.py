@@ -102,11 +102,9 @@ def _affected(hooks: Iterable[str]) -> str:
 def _owner_text(owner: str | None, names: Names) -> str:
     if owner is not None:
         return f"pod {owner}"
-    return (
-        "the pod behind it (owners unavailable: no Pods in the cluster state)"
-        if not names.owners_known()
-        else ("no pod on this node has that address (a rule left behind by a deleted pod?)")
-    )
+    if not names.owners_known():
+        return "the pod behind it (owners unavailable: no Pods in the cluster state)"
+    return "no pod on this node has that address (a rule left behind by a deleted pod?)"
 
 
 def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Finding]:
@@ -141,7 +139,10 @@ def _hijack(key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names) 
     service = names.service(key)
     owner = names.owner(group[0])
     target = group[0].rule.target
-    who = service or "the Service at this address (names unavailable)"
+    if service is not None:
+        who = service
+    else:
+        who = "names unavailable" if names.cluster is None else "no Service of the cluster state claims it"
     verb = "takes" if certain else "may take"
     title = (
         f"{key.protocol.value} {key} ({who}): a port-forwarding rule {verb} its traffic to "
@@ -150,8 +151,7 @@ def _hijack(key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names) 
     fix = (
         f"Remove the hostPort {key.port}/{key.protocol.value} of {_owner_text(owner, names)} or give it a "
         "hostIP (the node's own address), so the rule stops matching every local address; if no pod owns the "
-        "rule, "
-        "delete the stale chain"
+        "rule, delete the stale chain"
         + (" (`iptables -t nat -F/-X` of that chain)" if "iptables" in group[0].table.backend else "")
         + ". Until then clients on this node reach that pod instead of the Service."
     )
