@@ -3,6 +3,7 @@ Services a hostPort rule takes traffic from, judged by the whole path to the rul
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ipvs_reaper.netfilter.nft_json import parse_nft_json
 from ipvs_reaper.netfilter.rules import Action, PortMatch
 from ipvs_reaper.netfilter.sources import RuleSources, read_rule_files
 from ipvs_reaper.netfilter.walk import WalkTooLong
-from ipvs_reaper.values import IpvsTable
+from ipvs_reaper.values import IpvsTable, Protocol, VirtualKey, VirtualService
 from tests.netfilter.scene import DUMPS, HIJACKED, NODE, SERVICES, cluster_items, table
 
 SAFE_FACTS = facts_from_input("6.1.0-56-amd64", None, {"conn_reuse_mode": 1, "expire_nodest_conn": 1})
@@ -326,3 +327,43 @@ def test_a_node_without_a_readable_table_still_gets_its_report(
     assert main(argv, broken) == 3
     kinds = {f["kind"] for f in json.loads(capsys.readouterr().out)["findings"]}
     assert kinds == {"ipvs-unreadable", "well-known-port"}
+
+
+def test_ipv6_rules_take_ipv6_cluster_ips_only() -> None:
+    """IPv6 dumps made in the VM: the hostPort takes the dual-stack Service's IPv6 ClusterIP, the one with a
+    hostIP does not, and IPv4 virtual services are not judged by IPv6 rules."""
+    mysql6 = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address("fd00:96::20"), 3306)
+    postgres6 = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address("fd00:96::40"), 5432)
+    scene = table()
+    both = IpvsTable(
+        (*scene.services, VirtualService(mysql6, "rr"), VirtualService(postgres6, "rr")), scene.real_servers
+    )
+    for dump in ("portmap6.ip6tables-legacy-save", "portmap6.nft-ruleset.json"):
+        rules = rules_from(dump)
+        assert {t.family for t in rules.tables} == {"ip6"}
+        view = NodeView(NODE, both, SAFE_FACTS, rules, (), Config())
+        found = [f for f in diagnose(view, None, "offline").findings if f.kind is Kind.HIJACK]
+        assert [(f.address, f.destination, f.severity) for f in found] == [
+            ("[fd00:96::20]:3306", "[fd00:10:244:1::5]:3306", Severity.CRITICAL)
+        ], dump
+
+
+def test_a_jump_that_may_not_happen_does_not_hide_what_follows() -> None:
+    """A jump on a match that cannot be judged (an interface) may or may not happen: the DNAT behind it may
+    apply, and so may the one after it, which is reported with what it depends on."""
+    text = (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:FROM-ETH1 - [0:0]\n"
+        "-A PREROUTING -i eth1 -j FROM-ETH1\n"
+        "-A PREROUTING -p tcp --dport 3306 -j DNAT --to-destination 10.244.1.5:3306\n"
+        "-A FROM-ETH1 -p tcp --dport 3306 -j DNAT --to-destination 10.244.7.7:3306\n"
+        "COMMIT\n"
+    )
+    rules = RuleSources(tuple(parse_iptables_save(text, "dump")), (), True)
+    (mysql,) = [f for f in doctor(rules).findings if f.service == "db/mysql-b"]
+    assert [e.rule.split(" [")[0].split()[-1] for e in mysql.evidence] == [
+        "10.244.7.7:3306",
+        "10.244.1.5:3306",
+    ]
+    assert mysql.evidence[0].conditions == ("-i eth1",)
+    assert mysql.evidence[1].conditions == ("unless -i eth1 (dnat first)",)
+    assert mysql.severity is Severity.CRITICAL  # one of the two applies, whichever it is

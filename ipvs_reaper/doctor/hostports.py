@@ -13,7 +13,7 @@ from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.doctor.findings import Evidence, Finding, Kind, Severity
 from ipvs_reaper.mapping import ClusterIndex
 from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth
-from ipvs_reaper.netfilter.walk import Outcome, walk
+from ipvs_reaper.netfilter.walk import Outcome, walk, walk_chains
 from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, VirtualKey, format_endpoint
 
 WELL_KNOWN_BELOW = 1024
@@ -121,21 +121,29 @@ def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Fin
         packet = Packet(
             key.family, key.protocol.value.lower(), key.port, key.address, names.set_membership(key)
         )
-        rewriting = [o for o in walk(tables, packet) if o.rewrites]
+        backends = backends_of.get(key, set())
+        walks = list(walk_chains(tables, packet))
+        rewriting = [o for w in walks for o in w.outcomes if _elsewhere(o, backends)]
         if rewriting:
-            # kube-proxy's own DNAT (iptables mode) to this service's endpoints is not a hijack.
-            backends = backends_of.get(key, set())
-            rewriting = [o for o in rewriting if (o.rule.target.address, o.rule.target.port) not in backends]
-        if rewriting:
-            findings.append(_hijack(key, _group(rewriting), names))
+            # Certain when some rule applies unconditionally, or when every way through one chain ends in
+            # a rule taking the traffic away (which one depends on what cannot be judged here).
+            certain = any(o.certain for o in rewriting) or any(
+                w.surely_rewritten() and all(_elsewhere(o, backends) for o in w.outcomes) for w in walks
+            )
+            findings.append(_hijack(key, _group(rewriting), names, certain))
     return findings
 
 
-def _hijack(key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names) -> Finding:
+def _elsewhere(outcome: Outcome, backends: set[tuple[IPAddress | None, int | None]]) -> bool:
+    """A rewrite, and not kube-proxy's own (iptables mode) DNAT to one of the service's endpoints."""
+    target = outcome.rule.target
+    return outcome.rewrites and (target.address, target.port) not in backends
+
+
+def _hijack(key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names, certain: bool) -> Finding:
     """One finding per virtual service; each rule that can take its traffic is a piece of evidence."""
     group = groups[0]
     evidence = _evidence(group)
-    certain = any(o.certain for g in groups for o in g)
     service = names.service(key)
     owner = names.owner(group[0])
     target = group[0].rule.target

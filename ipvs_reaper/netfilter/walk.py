@@ -115,14 +115,33 @@ class _Walker:
         return _End.FELL_THROUGH
 
 
-def walk(tables: Iterable[Table], packet: Packet) -> Iterator[Outcome]:
-    """Every terminal rule the packet can reach in each nat base chain at PREROUTING and OUTPUT, in order; a
-    chain's walk ends at its first certain one."""
+@dataclass(frozen=True, slots=True)
+class ChainWalk:
+    """One nat base chain's walk: the terminal rules the packet can reach, in order, and whether it surely
+    reaches one of them (it cannot run off the end of the chain and go on untranslated)."""
+
+    outcomes: tuple[Outcome, ...]
+    ends_in_one: bool
+
+    def surely_rewritten(self) -> bool:
+        """Whichever way the unjudgeable matches go, the packet is rewritten."""
+        return self.ends_in_one and bool(self.outcomes) and all(o.rewrites for o in self.outcomes)
+
+
+def walk_chains(tables: Iterable[Table], packet: Packet) -> Iterator[ChainWalk]:
+    """The packet through each nat base chain at PREROUTING and OUTPUT; a chain's walk ends at its first
+    certain terminal rule."""
     for table in tables:
         if packet.family not in table.families():
             continue
         for chain in table.chains.values():
             if chain.nat and chain.hook in NAT_HOOKS:
                 walker = _Walker(table, chain.hook, packet)
-                walker.chain(chain, (), ())
-                yield from walker.found
+                end = walker.chain(chain, (), ())
+                yield ChainWalk(tuple(walker.found), end is _End.STOPPED)
+
+
+def walk(tables: Iterable[Table], packet: Packet) -> Iterator[Outcome]:
+    """Every terminal rule the packet can reach, over all the nat base chains (see walk_chains)."""
+    for chain_walk in walk_chains(tables, packet):
+        yield from chain_walk.outcomes

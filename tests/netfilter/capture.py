@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.netfilter.portmap import JUMP_RESTRICTED, ORPHAN, SCENE, iptables_restore, nft_script
+from tests.netfilter.portmap import JUMP_RESTRICTED, ORPHAN, SCENE, SCENE6, iptables_restore, nft_script
 
 OUT = Path("/run/ipvs-vm/dumps")
 CLUSTER_IP_SET = (
@@ -32,7 +32,7 @@ def save(name: str, text: str) -> None:
 
 
 def clear() -> None:
-    for tool in ("iptables-legacy", "iptables-nft"):
+    for tool in ("iptables-legacy", "iptables-nft", "ip6tables-legacy", "ip6tables-nft"):
         sh(tool, "-t", "nat", "-F")
         sh(tool, "-t", "nat", "-X")
     sh("nft", "flush", "ruleset")
@@ -59,6 +59,13 @@ def main() -> int:
     sh("nft", "-f", "-", stdin=nft_script(SCENE, jump_restricted=JUMP_RESTRICTED, orphan=ORPHAN))
     save("portmap.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
     save("portmap.nft-ruleset.txt", sh("nft", "list", "ruleset"))
+    clear()
+    # IPv6: the same hazard for a dual-stack Service's IPv6 ClusterIP.
+    sh("ip6tables-legacy-restore", "--noflush", stdin=iptables_restore(SCENE6))
+    save("portmap6.ip6tables-legacy-save", sh("ip6tables-legacy-save"))
+    clear()
+    sh("nft", "-f", "-", stdin=nft_script(SCENE6, family="ip6"))
+    save("portmap6.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
     clear()
     return 0
 

@@ -23,6 +23,20 @@ class HostPort:
     host_ip: str = ""
 
     @property
+    def v6(self) -> bool:
+        return ":" in self.pod_ip
+
+    @property
+    def destination(self) -> str:
+        """DNAT's target as both tools write it: `[v6]:port` or `v4:port`."""
+        address = f"[{self.pod_ip}]" if self.v6 else self.pod_ip
+        return f"{address}:{self.container_port}"
+
+    @property
+    def prefix(self) -> str:
+        return "128" if self.v6 else "32"
+
+    @property
     def container_id(self) -> str:
         return hashlib.sha256(self.pod.encode()).hexdigest()[:64]
 
@@ -84,10 +98,10 @@ def iptables_restore(
         lines += _dn_rules(orphan.dn_chain, orphan)
     if jump_restricted is not None:
         restricted = jump_restricted
-        lines.append(f"-A CNI-HOSTPORT-DNAT -d {restricted.host_ip}/32 -j CUSTOM-HOSTIP")
+        lines.append(f"-A CNI-HOSTPORT-DNAT -d {restricted.host_ip}/{restricted.prefix} -j CUSTOM-HOSTIP")
         lines.append(
             f"-A CUSTOM-HOSTIP -p {restricted.protocol} --dport {restricted.host_port} "
-            f"-j DNAT --to-destination {restricted.pod_ip}:{restricted.container_port}"
+            f"-j DNAT --to-destination {restricted.destination}"
         )
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
@@ -97,19 +111,25 @@ def _dn_rules(chain: str, port: HostPort) -> list[str]:
     base = f"-A {chain} -p {port.protocol} --dport {port.host_port}"
     if port.host_ip:
         base += f" -d {port.host_ip}"
+    # portmap marks localhost traffic for masquerade in IPv4 only.
+    localhost = [] if port.v6 else [f"{base} -s 127.0.0.1 -j CNI-HOSTPORT-SETMARK"]
     return [
-        f"{base} -s {port.pod_ip}/32 -j CNI-HOSTPORT-SETMARK",
-        f"{base} -s 127.0.0.1 -j CNI-HOSTPORT-SETMARK",
-        f"{base} -j DNAT --to-destination {port.pod_ip}:{port.container_port}",
+        f"{base} -s {port.pod_ip}/{port.prefix} -j CNI-HOSTPORT-SETMARK",
+        *localhost,
+        f"{base} -j DNAT --to-destination {port.destination}",
     ]
 
 
 def nft_script(
-    ports: Sequence[HostPort], *, jump_restricted: HostPort | None = None, orphan: HostPort | None = None
+    ports: Sequence[HostPort],
+    *,
+    jump_restricted: HostPort | None = None,
+    orphan: HostPort | None = None,
+    family: str = "ip",
 ) -> str:
-    """`nft -f` input: the portmap plugin's nftables backend (table ip cni_hostport)."""
+    """`nft -f` input: the portmap plugin's nftables backend (table ip|ip6 cni_hostport)."""
     lines = [
-        "table ip cni_hostport {",
+        f"table {family} cni_hostport {{",
         '  comment "CNI portmap plugin"',
         "  chain hostports {",
         "  }",
@@ -138,28 +158,30 @@ def nft_script(
     lines.append("}")
     for port in ports:
         chain = "hostip_hostports" if port.host_ip else "hostports"
-        match = f"ip daddr {port.host_ip} " if port.host_ip else ""
+        match = f"{family} daddr {port.host_ip} " if port.host_ip else ""
         lines.append(
-            f"add rule ip cni_hostport {chain} {match}{port.protocol} dport {port.host_port} "
-            f'dnat to {port.pod_ip}:{port.container_port} comment "{port.container_id}"'
+            f"add rule {family} cni_hostport {chain} {match}{port.protocol} dport {port.host_port} "
+            f'dnat to {port.destination} comment "{port.container_id}"'
         )
         lines.append(
-            f"add rule ip cni_hostport masquerading ip saddr {port.pod_ip} ip daddr {port.pod_ip} masquerade "
+            f"add rule {family} cni_hostport masquerading {family} saddr {port.pod_ip} "
+            f"{family} daddr {port.pod_ip} masquerade "
             f'comment "{port.container_id}"'
         )
     if jump_restricted is not None:
         restricted = jump_restricted
         lines.append(
-            f"add rule ip cni_hostport hostports_all ip daddr {restricted.host_ip} jump custom_hostip"
+            f"add rule {family} cni_hostport hostports_all {family} daddr {restricted.host_ip} "
+            "jump custom_hostip"
         )
         lines.append(
-            f"add rule ip cni_hostport custom_hostip {restricted.protocol} dport {restricted.host_port} "
-            f"dnat to {restricted.pod_ip}:{restricted.container_port}"
+            f"add rule {family} cni_hostport custom_hostip "
+            f"{restricted.protocol} dport {restricted.host_port} dnat to {restricted.destination}"
         )
     if orphan is not None:
         lines.append(
-            f"add rule ip cni_hostport orphan {orphan.protocol} dport {orphan.host_port} "
-            f"dnat to {orphan.pod_ip}:{orphan.container_port}"
+            f"add rule {family} cni_hostport orphan {orphan.protocol} dport {orphan.host_port} "
+            f"dnat to {orphan.destination}"
         )
     return "\n".join(lines) + "\n"
 
@@ -180,3 +202,10 @@ SCENE = (
 )
 ORPHAN = HostPort("cache/redis-gone", "10.244.1.20", "tcp", 6379, 6379)
 JUMP_RESTRICTED = HostPort("cache/memcached-0", "10.244.1.21", "tcp", 11211, 11211, host_ip=NODE_IP)
+
+# The same hazard in IPv6: a ClusterIP of a dual-stack Service, a hostPort pod's IPv6 address.
+NODE_IP6 = "fd00:49::2"
+SCENE6 = (
+    HostPort("db/mysql-a-0", "fd00:10:244:1::5", "tcp", 3306, 3306),
+    HostPort("db/pg-local-0", "fd00:10:244:1::8", "tcp", 5432, 5432, host_ip=NODE_IP6),
+)

@@ -48,13 +48,15 @@ MODULES = (
     ("nft_fib_ipv4", ""),
     ("nft_masq", ""),
     ("xt_set", ""),
+    ("ip6table_nat", ""),
+    ("nft_fib_ipv6", ""),
     ("ip_set_hash_ipport", ""),
     # No stray dummy0: the tests create exactly the dummy devices they want.
     ("dummy", "numdummies=0"),
 )
 
 # Bump when the initramfs layout changes in a way the cache key (kernel version, init.sh) would not notice.
-LAYOUT_VERSION = "3"
+LAYOUT_VERSION = "4"
 
 
 @dataclass(frozen=True)
