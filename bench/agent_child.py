@@ -1,6 +1,7 @@
 """The agent under benchmark, in a process of its own (so its RSS and CPU are its own): the real `run_agent`
 against the emulator, with a fake IPVS table matching the benchmark's cluster. Prints one JSON line when
-ready and one per deleted real server, with CLOCK_MONOTONIC times (shared by every process on the host)."""
+ready and one per deleted real server, with CLOCK_MONOTONIC times (shared by every process on the host).
+BENCH_DOCTOR_INTERVAL=0 in the environment turns the doctor pass off, to measure what it costs."""
 
 from __future__ import annotations
 
