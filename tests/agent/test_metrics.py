@@ -105,8 +105,12 @@ async def test_deletions_failures_and_the_kernel_show(api: Any, tmp_path: Path) 
             await cluster.patch(SLICES, web_slice(endpoint("10.1.0.1")))
             await eventually(lambda: fake.deleted == [gone.key], what="reaped")
             await eventually(lambda: agent.metrics.reap_failures.labels("EPERM")._value.get() >= 1)
+            # A sweep that began before the deletion would count the deleted one as stale still: wait for
+            # one that begins after it (any earlier sweep would satisfy "a sweep has run").
+            sweeps = agent.metrics.reconciles.labels("sweep")
+            before = sweeps._value.get()
             agent.request_sweep()
-            await eventually(lambda: agent.metrics.sweep_duration._sum.get() > 0, what="a sweep")
+            await eventually(lambda: sweeps._value.get() > before, what="a sweep after the deletion")
             samples = await scrape(agent)
     assert value(samples, "ipvs_reaper_reaped_total", state="gone", protocol="TCP") == 1
     assert value(samples, "ipvs_reaper_event_to_reap_seconds_count") >= 1
