@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import sys
+import threading
 from datetime import UTC, datetime
 
 from ipvs_reaper.actor import ActionRecord, Outcome, apply_plan
@@ -104,3 +106,41 @@ def test_unwritable_sysctl_refuses_every_delete() -> None:
     assert {r.outcome for r in records} == {Outcome.REFUSED}
     assert "Read-only" in records[0].detail
     assert fake.deleted == []
+
+
+def test_the_fake_table_can_be_read_while_another_thread_deletes() -> None:
+    """The agent's doctor pass reads the table beside reconciles, as the kernel's can be; the fake must allow
+    it too (without its lock this fails within a few thousand deletions)."""
+    services, real_servers = [], []
+    for i in range(1000):
+        virtual = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address(f"10.96.{i // 250}.{i % 250}"), 80)
+        services.append(VirtualService(virtual, "rr"))
+        for j in range(3):
+            key = RealKey(virtual, ipaddress.ip_address(f"10.1.{i // 250}.{j}"), 80 + i)
+            real_servers.append(RealServer(key, "Masq", 0, 0, 0))
+    fake = FakeIpvs(IpvsTable(tuple(services), tuple(real_servers)))
+    deleting = threading.Event()
+    deleting.set()
+    failures: list[RuntimeError] = []
+
+    def read() -> None:
+        while deleting.is_set():
+            try:
+                fake.read_table()
+            except RuntimeError as error:
+                failures.append(error)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often
+    reader = threading.Thread(target=read)
+    try:
+        reader.start()
+        for rs in real_servers:
+            fake.delete_real_server(rs.key)
+    finally:
+        deleting.clear()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert fake.read_table().real_servers == ()

@@ -77,9 +77,6 @@ class Agent:
         self._kernel_facts = kernel_facts
         self._read_rules = read_rules
         self._backend = backend
-        # Reconciles and the doctor pass both read the table in worker threads; one at a time, since a
-        # backend (the fake one, at least) is not made to be read while it deletes.
-        self._backend_turn = asyncio.Lock()
         # The doctor pass's last conflicts (and whether the rules could be read): logged when they change.
         self._conflicts: frozenset[str] | None = None
         self._rules_unreadable: str | None = None
@@ -331,8 +328,8 @@ class Agent:
                 log.warning("doctor: %s; its rules are not checked", note)
             self._rule_notes = rules.notes
         try:
-            async with self._backend_turn:
-                table = await asyncio.to_thread(self._backend.read_table)
+            # Beside a reconcile, as kube-proxy reads beside us: a table read changes nothing.
+            table = await asyncio.to_thread(self._backend.read_table)
         except IpvsError as error:
             log.debug("doctor: reading the IPVS table: %s", error)
             self.metrics.errors.labels("doctor").inc()
@@ -385,12 +382,6 @@ class Agent:
 
     async def _run(self, trigger: str, keys: Iterable[VirtualKey] | None, config: Config | None) -> bool:
         """One reconcile; False when it could not run (no config, no table)."""
-        async with self._backend_turn:
-            return await self._reconcile(trigger, keys, config)
-
-    async def _reconcile(
-        self, trigger: str, keys: Iterable[VirtualKey] | None, config: Config | None
-    ) -> bool:
         if config is None:
             return False  # no good config has been read: defaults could reap more than the operator meant
         started = self._clocks.monotonic()

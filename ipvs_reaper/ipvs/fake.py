@@ -2,12 +2,14 @@
 
 Like kube-proxy's `pkg/util/ipvs/testing/fake.go`, it keeps services and real servers in maps and records
 what was done to them. A hook lets a test change the table between a read and a delete, the way
-kube-proxy can race the reaper on a real node.
+kube-proxy can race the reaper on a real node. Safe to read from one thread while another deletes, as the
+kernel's table is (the agent's doctor pass reads it beside reconciles).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import replace
 
@@ -53,6 +55,8 @@ class FakeIpvs:
         self.before_delete: Callable[[RealKey], None] | None = None
         # Deletes that fail, with the errno the kernel would answer (errno.EPERM, ...).
         self.fail_deletes: dict[RealKey, int] = {}
+        # Re-entrant: a test's before_delete hook may edit the table.
+        self._lock = threading.RLock()
         if table is not None:
             self.load(table)
 
@@ -61,16 +65,19 @@ class FakeIpvs:
         self.real_servers = RealServersByVirtual(table.real_servers)
 
     def set_weight(self, key: RealKey, weight: int) -> None:
-        self.real_servers[key] = replace(self.real_servers[key], weight=weight)
+        with self._lock:
+            self.real_servers[key] = replace(self.real_servers[key], weight=weight)
 
     def read_table(self) -> IpvsTable:
-        real_servers = tuple(rs for group in self.real_servers.of.values() for rs in group.values())
-        return IpvsTable(services=tuple(self.services.values()), real_servers=real_servers)
+        with self._lock:
+            real_servers = tuple(rs for group in self.real_servers.of.values() for rs in group.values())
+            return IpvsTable(services=tuple(self.services.values()), real_servers=real_servers)
 
     def read_service(self, virtual: VirtualKey) -> tuple[RealServer, ...] | None:
-        if virtual not in self.services:
-            return None
-        return tuple(self.real_servers.of.get(virtual, {}).values())
+        with self._lock:
+            if virtual not in self.services:
+                return None
+            return tuple(self.real_servers.of.get(virtual, {}).values())
 
     def delete_real_server(self, key: RealKey) -> DeleteOutcome:
         if self.before_delete is not None:
@@ -78,8 +85,9 @@ class FakeIpvs:
         if key in self.fail_deletes:
             code = self.fail_deletes[key]
             raise IpvsError(f"deleting {key}: {os.strerror(code)}", errno_name(code))
-        if key not in self.real_servers:
-            return DeleteOutcome.ALREADY_GONE
-        del self.real_servers[key]
-        self.deleted.append(key)
+        with self._lock:
+            if key not in self.real_servers:
+                return DeleteOutcome.ALREADY_GONE
+            del self.real_servers[key]
+            self.deleted.append(key)
         return DeleteOutcome.DELETED
