@@ -4,7 +4,7 @@ names, then reports. Works with no cluster access at all: findings are then by a
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from ipvs_reaper.cluster.api import ApiFailure, ClusterApi, client_configuration
@@ -74,9 +74,7 @@ def cluster_for_doctor(
         api.close()
     cluster = cluster_state_from_items(items)
     if pods_listed and cluster.pods is None:
-        cluster = ClusterState(
-            cluster.services, cluster.slices, cluster.nodes, cluster.problems, cluster.broken, ()
-        )
+        cluster = replace(cluster, pods=())  # listed, and none of this node's has a hostPort
     return cluster, None, notes
 
 
