@@ -7,3 +7,7 @@ class InputError(Exception):
 
 class RuntimeFailure(Exception):
     """Good input, but the work could not be done: the API or the kernel failed."""
+
+
+class ApiFailure(RuntimeFailure):
+    """The Kubernetes API could not be reached or refused a request."""

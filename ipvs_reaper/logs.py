@@ -25,6 +25,8 @@ _NOISY = {
     "asyncio": "WARNING",
     "kubernetes": "WARNING",
     "urllib3": "ERROR",
+    # kopf's client logs every failed request at ERROR; the agent's loops say so once per outage.
+    "ipvs_reaper.cluster.requests": "CRITICAL",
 }
 
 

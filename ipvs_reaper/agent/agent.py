@@ -1,5 +1,5 @@
-"""The agent's moving parts on one event loop: feeding the cluster cache (kopf's watch events, our own
-re-lists and heartbeats), and the work loop that reconciles what events touched, follows up on what kube-proxy
+"""The agent's moving parts on one event loop: feeding the cluster cache (a list-and-watch per kind, and
+heartbeats), and the work loop that reconciles what events touched, follows up on what kube-proxy
 has yet to weight to 0, and sweeps the whole table on a jittered interval.
 
 Reconciles run in a thread one at a time, on a snapshot of the view taken on the loop: the cache is only ever
@@ -25,12 +25,14 @@ from ipvs_reaper.agent.memory import heap_trimmer, settle_after_listing
 from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.agent.reconciler import Reconciler, ReconcileResult, weight_zero_services
-from ipvs_reaper.cluster.api import ApiFailure, ClusterApi
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache, Parsed
+from ipvs_reaper.cluster.reflector import Reflector, ReflectorTiming
+from ipvs_reaper.cluster.watch_api import Collection, WatchApi
 from ipvs_reaper.config import Config
 from ipvs_reaper.config_reload import ReloadingConfig
 from ipvs_reaper.doctor.hostports import Names, hijacks
 from ipvs_reaper.doctor.report import metrics_view
+from ipvs_reaper.errors import ApiFailure
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.kernel.addresses import AddressError
 from ipvs_reaper.kernel.exposure import exposure_verdict
@@ -44,7 +46,6 @@ from ipvs_reaper.values import IPAddress, RealKey, VirtualKey
 log = logging.getLogger(__name__)
 
 _CONFIG_POLL = 2.0  # seconds between looks at the mounted config file
-_RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff for failed listings and heartbeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class Agent:
         self,
         options: AgentOptions,
         *,
-        api: ClusterApi,
+        api: WatchApi,
         backend: IpvsBackend,
         sysctls: Sysctls,
         local_addresses: Callable[[], tuple[IPAddress, ...]],
@@ -176,68 +177,59 @@ class Agent:
         """The work loop has come round recently (it wakes at least once per sweep interval)."""
         return self._clocks.monotonic() - self.last_loop < 3 * self.options.sweep_interval + 30
 
-    # --- listing and heartbeats ----------------------------------------------------------------------------
+    # --- listing and watching (the reflectors' sink), and heartbeats ----------------------------------------
 
-    async def list_everything(self) -> bool:
-        listings: tuple[tuple[str, Callable[[], Iterable[list[dict[str, Any]]]]], ...] = (
-            (SERVICE, self._api.service_pages),
-            (ENDPOINT_SLICE, self._api.endpoint_slice_pages),
-            (NODE, self._node_pages),
+    def reflectors(self) -> list[Reflector]:
+        """One list-and-watch per kind; the cache is usable once each has listed."""
+        node = self.options.node_name
+        collections = (
+            Collection(SERVICE, "/api/v1/services"),
+            Collection(ENDPOINT_SLICE, "/apis/discovery.k8s.io/v1/endpointslices"),
+            # Only this node's Node: a cluster's Nodes change often and matter to no other node.
+            Collection(NODE, "/api/v1/nodes", field_selector=f"metadata.name={node}"),
         )
-        for kind, pages in listings:
-            since = self.cache.begin_listing()
-            try:
-                # Parsed page by page in the thread: only one page of raw JSON is held at a time.
-                entries = await asyncio.to_thread(self._parse_pages, kind, pages)
-            except ApiFailure as error:
-                self.metrics.errors.labels("list").inc()
-                if not self._listing_failed:
-                    if self.cache.ready:
-                        log.error("re-list failed, keeping the current view until it ages out: %s", error)
-                    else:
-                        log.error("listing failed, nothing is reaped until one completes: %s", error)
-                self._listing_failed = True
-                return False
-            self.cache.replace_parsed(kind, entries, since)
-            del entries
-        if self._listing_failed:
-            log.info("listing complete again")
-        self._listing_failed = False
-        settle_after_listing(self._release_memory)
-        self.request_sweep()
-        return True
+        timing = ReflectorTiming(
+            relist_spread=self.options.relist_spread, relist_interval=self.options.relist_interval
+        )
+        return [
+            Reflector(c, self._api, self, node, timing=timing, rng=self._rng, clock=self._clocks.monotonic)
+            for c in collections
+        ]
 
-    def _parse_pages(self, kind: str, pages: Callable[[], Iterable[list[dict[str, Any]]]]) -> list[Parsed]:
-        return [entry for page in pages() for entry in self.cache.parse(kind, page)]
+    def begin_listing(self) -> int:
+        return self.cache.begin_listing()
 
-    def _node_pages(self) -> list[list[dict[str, Any]]]:
-        node = self._api.read_node(self.options.node_name)
-        return [[node] if node is not None else []]
+    def listed(self, kind: str, entries: list[Parsed], since: int) -> None:
+        self.cache.replace_parsed(kind, entries, since)
+        if self.cache.ready:
+            settle_after_listing(self._release_memory)
+            self.request_sweep()
 
-    async def list_until_complete(self) -> None:
-        failures = 0
-        while not await self.list_everything():
-            await asyncio.sleep(_RETRY[min(failures, len(_RETRY) - 1)])
-            failures += 1
+    def event(self, kind: str, event_type: str, body: dict[str, Any]) -> None:
+        self.on_event(kind, event_type, body)
 
-    async def relist_forever(self) -> None:
-        """Every relist interval after the first complete listing; failures retry sooner."""
-        failures = 0
-        while True:
-            if failures:
-                await asyncio.sleep(_RETRY[min(failures - 1, len(_RETRY) - 1)])
-            else:
-                jitter = self.options.sweep_jitter * self._rng.uniform(-1, 1)
-                await asyncio.sleep(self.options.relist_interval * (1 + jitter))
-            failures = 0 if await self.list_everything() else failures + 1
+    def heard(self, kind: str) -> None:
+        self.cache.heard_from(kind)
+
+    def lost(self, kind: str, why: str) -> None:
+        self.cache.lost(kind, why)
+        self.request_sweep()  # decisions now quote the gap; a sweep records the refusal
+
+    def failed(self, site: str) -> None:
+        self.metrics.errors.labels(site).inc()
 
     async def heartbeat_forever(self) -> None:
-        """Prove the API still answers between events: an event-less watch looks the same as a dead one."""
+        """Prove the API still answers when a kind has been quiet (no event, no bookmark) for a heartbeat
+        interval: an event-less watch looks the same as a dead one. A read of this node's Node from the watch
+        cache (resourceVersion=0), never from etcd: only the API server's answer matters here."""
         failing = False
+        path = f"/api/v1/nodes/{self.options.node_name}"
         while True:
             await asyncio.sleep(self.options.heartbeat_interval)
+            if not self.cache.silent_kinds(self.options.heartbeat_interval):
+                continue
             try:
-                node = await asyncio.to_thread(self._api.read_node, self.options.node_name)
+                node = await self._api.read(path, resource_version="0")
             except ApiFailure as error:
                 if not failing:
                     log.error(
@@ -250,6 +242,7 @@ class Agent:
                 log.info("the API answers again")
             failing = False
             if node is not None:
+                node["kind"] = NODE
                 self._note(self.cache.upsert(NODE, node))
             for kind in (SERVICE, ENDPOINT_SLICE, NODE):
                 self.cache.heard_from(kind)
@@ -488,7 +481,7 @@ class Agent:
             return
         for namespace, body in self._events.due(self._clocks.now()):
             try:
-                await asyncio.to_thread(self._api.create_event, namespace, body)
+                await self._api.create(f"/api/v1/namespaces/{namespace}/events", body)
                 self.metrics.events_posted.inc()
             except ApiFailure as error:
                 log.warning("Event not posted (the deletion itself is logged): %s", error)

@@ -10,15 +10,15 @@ import platform
 from collections.abc import Callable
 
 import kopf
-from kubernetes import client
 
 from ipvs_reaper import package_version
 from ipvs_reaper.agent.agent import Agent, Clocks
-from ipvs_reaper.agent.handlers import ForgetfulMemories, build_registry
+from ipvs_reaper.agent.handlers import build_registry, operator_settings
 from ipvs_reaper.agent.health import start_health_server
 from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
-from ipvs_reaper.cluster.api import ClusterApi, client_configuration
+from ipvs_reaper.cluster.credentials import agent_credentials
+from ipvs_reaper.cluster.watch_api import KopfApi
 from ipvs_reaper.errors import RuntimeFailure
 from ipvs_reaper.ipvs.backend import IpvsBackend
 from ipvs_reaper.kernel.facts import read_live_facts
@@ -27,28 +27,6 @@ from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules
 from ipvs_reaper.values import IPAddress
 
 log = logging.getLogger(__name__)
-
-
-def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same client configuration our own requests use."""
-    if configuration.refresh_api_key_hook is not None:
-        configuration.refresh_api_key_hook(configuration)  # in-cluster tokens are rotated on disk
-    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
-        "authorization"
-    )
-    parts = header.split(" ", 1) if header else []
-    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
-    return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        username=configuration.username or None,
-        password=configuration.password or None,
-        scheme=scheme,
-        token=token,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
-    )
 
 
 async def run_agent(
@@ -64,8 +42,9 @@ async def run_agent(
 ) -> int:
     """Runs until `stop` is set (or a signal stops it); returns the exit code. `started` receives the agent,
     for tests."""
-    configuration = client_configuration(options.kubeconfig)
-    api = ClusterApi(configuration)
+    login = agent_credentials(options.kubeconfig)
+    settings = operator_settings()
+    api = KopfApi(settings, watch_timeout=options.watch_timeout)
     agent = Agent(
         options,
         api=api,
@@ -84,7 +63,6 @@ async def run_agent(
     try:
         health = await start_health_server(agent, options.listen_host, options.listen_port)
     except OSError as error:
-        api.close()
         # aiohttp wraps the bind error in its own words; the errno's are shorter. A name that does not
         # resolve has a negative (resolver) errno, whose text is the error's own.
         reason = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror or str(error)
@@ -104,11 +82,11 @@ async def run_agent(
         started.set_result(agent)
     # kopf asks again after a 401: each login reads the (rotated) token anew.
     stop = stop or asyncio.Event()
-    memo = kopf.Memo(agent=agent, login=lambda: connection_info(configuration), stop=stop, failure=None)
+    memo = kopf.Memo(agent=agent, login=login, stop=stop, failure=None)
     try:
         await kopf.operator(
             registry=build_registry(),
-            memories=ForgetfulMemories(),
+            settings=settings,
             memo=memo,
             standalone=True,
             clusterwide=True,
@@ -120,7 +98,6 @@ async def run_agent(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await health.cleanup()
-        api.close()
     if memo.failure is not None:
         raise RuntimeFailure(memo.failure)
     log.info("stopped")

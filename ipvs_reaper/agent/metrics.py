@@ -24,7 +24,7 @@ REAPED_STATES = (EndpointState.GONE, EndpointState.TERMINATING, EndpointState.NO
 PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
 # The failures seen in practice, pre-created; any other errno still gets its own series when it happens.
 FAILURE_REASONS = ("EPERM", "EINVAL", "ENOMEM", "EBUSY", "EIO", "ENOBUFS", "sysctl", "reread", "other")
-ERROR_SITES = ("ipvs", "list", "heartbeat", "event", "addresses", "sysctl", "doctor")
+ERROR_SITES = ("ipvs", "list", "watch", "heartbeat", "event", "addresses", "sysctl", "doctor")
 TRIGGERS = ("sweep", "event", "follow-up")
 _EXPOSED = {Exposure.EXPOSED: 1, Exposure.NOT_EXPOSED: 0, Exposure.UNKNOWN: -1}
 
@@ -146,7 +146,8 @@ class AgentMetrics:
         )
         self.errors = Counter(
             "ipvs_reaper_errors",
-            "Failures to read or talk, by where (ipvs, list, heartbeat, event, addresses, sysctl)",
+            "Failures to read or talk, by where (ipvs, list, watch, heartbeat, event, addresses, sysctl, "
+            "doctor)",
             ["where"],
             registry=r,
         )

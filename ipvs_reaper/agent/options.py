@@ -24,7 +24,8 @@ class AgentOptions:
     # slice event, and grace periods ending, are found by looking.
     sweep_interval: float
     sweep_jitter: float  # a share of the interval, so that the nodes' sweeps do not line up
-    # A full re-list: the watch never reports objects deleted while it was down.
+    # Periodic full listings besides those a 410 Gone needs (0: none): a watch resumed from its last version
+    # misses nothing, and the API server answers 410 when it cannot resume it.
     relist_interval: float
     # A cheap request (this node's Node) that proves the API still answers between events.
     heartbeat_interval: float
@@ -40,6 +41,9 @@ class AgentOptions:
     first_seen_file: Path | None
     # The doctor's hostPort check (reading iptables and nftables): at start, then this often; 0: never.
     doctor_interval: float = 300.0
+    # After a 410 Gone, list again at a random moment within this many seconds: an API server restart sends
+    # 410 to every node's watches at once, and their listings should not arrive at once.
+    relist_spread: float = 10.0
     log_level: str = "info"
     log_format: str = "text"
 
@@ -74,9 +78,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relist-interval",
         type=float,
-        default=600.0,
+        default=0.0,
         metavar="SECONDS",
-        help="full listings, which drop what the watch missed",
+        help="periodic full listings besides those a 410 Gone needs, ±10 %%; 0: none (a watch resumes from "
+        "its last version, and the API server says when it cannot)",
     )
     parser.add_argument(
         "--heartbeat-interval",
@@ -161,7 +166,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         listen_port=int(port_text),
         sweep_interval=_positive(args.sweep_interval, "--sweep-interval"),
         sweep_jitter=0.1,
-        relist_interval=_positive(args.relist_interval, "--relist-interval"),
+        relist_interval=_not_negative(args.relist_interval, "--relist-interval"),
         heartbeat_interval=heartbeat,
         max_silence=max_silence,
         watch_timeout=_positive(args.watch_timeout, "--watch-timeout"),

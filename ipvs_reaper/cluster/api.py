@@ -1,4 +1,5 @@
-"""The Kubernetes API as the reaper uses it: credentials, full listings, this node's Node, and Events.
+"""The Kubernetes API as the one-shot commands use it (scan, reap --once, doctor): credentials, full
+listings, this node's Node and Pods. The agent has its own, lighter client (watch_api.py).
 
 Objects are read as raw JSON: the client's generated models are slow on large listings and drop fields.
 Every call is blocking; the agent runs them in a thread.
@@ -18,17 +19,13 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION
 from urllib3.exceptions import HTTPError, MaxRetryError
 
-from ipvs_reaper.errors import InputError, RuntimeFailure
+from ipvs_reaper.errors import ApiFailure, InputError, RuntimeFailure
 from ipvs_reaper.input_text import read_input_text
 from ipvs_reaper.yaml_text import yaml_error_text
 
 _PAGE_SIZE = 500
 # What a transport or server failure can raise from the client.
 API_ERRORS = (ApiException, HTTPError, OSError, json.JSONDecodeError, RecursionError)
-
-
-class ApiFailure(RuntimeFailure):
-    """The API could not be reached or refused a request."""
 
 
 def _kubeconfig_path(given: str | None) -> str | None:

@@ -136,6 +136,8 @@ class ClusterCache:
         # Objects without a readable name cannot be updated or deleted by key; a listing clears them.
         self._nameless: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._listed: set[str] = set()
+        # Kinds whose watch missed events (410 Gone), and why, until their next listing.
+        self._lost: dict[str, str] = {}
         self._heard: dict[str, float] = {}
         self._versions: dict[ObjectKey, str] = {}
         # Which event last touched each key (stored or removed), to let a slower listing not undo it.
@@ -180,6 +182,7 @@ class ClusterCache:
                 self._restore(key, *state)
         self._touched = {key: gen for key, gen in self._touched.items() if key.kind != kind or key in kept}
         self._listed.add(kind)
+        self._lost.pop(kind, None)
         self.heard_from(kind)
 
     def upsert(self, kind: str, body: Mapping[str, Any]) -> Affected:
@@ -230,6 +233,10 @@ class ClusterCache:
         self._reclaim(before)
         return EVERYTHING
 
+    def lost(self, kind: str, why: str) -> None:
+        """The watch of `kind` missed events: its part of the view is incomplete until the next listing."""
+        self._lost[kind] = why
+
     def heard_from(self, kind: str) -> None:
         """An event, a bookmark or a listing of `kind`: the watch is alive."""
         self._heard[kind] = self._clock()
@@ -240,9 +247,11 @@ class ClusterCache:
     def ready(self) -> bool:
         return all(kind in self._listed for kind in KINDS)
 
-    def silent_kinds(self) -> tuple[str, ...]:
+    def silent_kinds(self, longer_than: float | None = None) -> tuple[str, ...]:
+        """The kinds not heard from for over `longer_than` seconds (the maximum silence by default)."""
+        limit = self._max_silence if longer_than is None else longer_than
         now = self._clock()
-        return tuple(kind for kind in KINDS if now - self._heard.get(kind, float("-inf")) > self._max_silence)
+        return tuple(kind for kind in KINDS if now - self._heard.get(kind, float("-inf")) > limit)
 
     @property
     def broken(self) -> tuple[BrokenObject, ...]:
@@ -286,6 +295,7 @@ class ClusterCache:
 
     def _problems(self) -> tuple[str, ...]:
         problems = [f"not listed yet: {kind}" for kind in KINDS if kind not in self._listed]
+        problems += [self._lost[kind] for kind in KINDS if kind in self._lost]
         if self.ready:
             problems += [
                 f"no word from the API about {kind} objects for over {self._max_silence:g} s (watch down?)"

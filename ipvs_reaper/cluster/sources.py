@@ -6,10 +6,9 @@ import json
 
 import yaml
 
-from ipvs_reaper.cluster.api import ApiFailure, ClusterApi, client_configuration
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.parse import cluster_state_from_items
-from ipvs_reaper.errors import InputError, RuntimeFailure
+from ipvs_reaper.errors import ApiFailure, InputError, RuntimeFailure
 from ipvs_reaper.input_text import read_input_text, source_name
 from ipvs_reaper.yaml_text import yaml_error_text
 
@@ -41,6 +40,9 @@ def load_cluster_file(path: str) -> ClusterState:
 
 def load_cluster_api(node_name: str, kubeconfig: str | None = None) -> ClusterState:
     """List Services, EndpointSlices and this node once (in-cluster config first, then kubeconfig)."""
+    # Imported here: the official client is ~20 MiB, which `run` (the agent) does without.
+    from ipvs_reaper.cluster.api import ClusterApi, client_configuration
+
     api = ClusterApi(client_configuration(kubeconfig))
     try:
         items = api.list_services() + api.list_endpoint_slices()

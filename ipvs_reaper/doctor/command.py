@@ -7,7 +7,6 @@ import argparse
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from ipvs_reaper.cluster.api import ApiFailure, ClusterApi, client_configuration
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.cluster.parse import cluster_state_from_items
 from ipvs_reaper.cluster.sources import load_cluster_file
@@ -16,7 +15,7 @@ from ipvs_reaper.doctor.findings import Finding, Kind, Severity
 from ipvs_reaper.doctor.hostports import Names, hijacks, well_known_ports
 from ipvs_reaper.doctor.node_checks import kernel_findings, stale_findings, sysctl_findings
 from ipvs_reaper.doctor.report import DoctorReport
-from ipvs_reaper.errors import InputError, RuntimeFailure
+from ipvs_reaper.errors import ApiFailure, InputError, RuntimeFailure
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.netfilter.sources import RuleSources
@@ -48,6 +47,9 @@ def cluster_for_doctor(
             () if cluster.pods is not None else ("no Pods in the cluster state: rule owners unavailable",)
         )
         return cluster, None, missing
+    # Imported here: the official client is ~20 MiB, which `run` (the agent) does without.
+    from ipvs_reaper.cluster.api import ClusterApi, client_configuration
+
     try:
         api = ClusterApi(client_configuration(args.kubeconfig), request_timeout=10.0)
     except RuntimeFailure as error:

@@ -113,37 +113,55 @@ async def test_nothing_is_reaped_before_the_first_full_listing(api: Any, tmp_pat
             assert (await http_status(readyz(agent)))[0] == 200
 
 
-async def test_410_gone_and_dropped_streams_converge_and_a_relist_drops_what_vanished(
+async def test_a_cut_watch_resumes_from_its_version_and_only_a_410_lists_again(
     api: Any, tmp_path: Path
 ) -> None:
     fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1)))
+    slices, services = (
+        kmock.resource("discovery.k8s.io", "v1", "endpointslices"),
+        kmock.resource("v1", "services"),
+    )
     gone = {
         "type": "ERROR",
         "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"},
     }
-    # The first slice watches are told 410 Gone; the first service watches end at once (a dropped stream).
-    api["watch", kmock.resource("discovery.k8s.io", "v1", "endpointslices")][0:3] << (gone,)
+    # The first slice watch says 410 Gone when the test says so; the first service watches end at once (cut
+    # streams) after a bookmark.
+    gone_now: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    api["watch", slices][0:1] << (gone_now,)
     bookmark = {"type": "BOOKMARK", "object": {"kind": "Service", "metadata": {"resourceVersion": "7"}}}
-    api["watch", kmock.resource("v1", "services")][0:3] << (bookmark,)
+    api["watch", services][0:3] << (bookmark,)
     async with Cluster(str(api.url)) as cluster:
         await seed(cluster, web_slice(endpoint("10.1.0.1")), web_slice(endpoint("10.1.0.5"), name="web-2"))
         async with running(options(tmp_path, str(api.url)), fake) as agent:
             await eventually(lambda: not agent.not_ready_because(), what="ready")
-            slice_watches = api["watch", kmock.resource("discovery.k8s.io", "v1", "endpointslices")]
-            service_watches = api["watch", kmock.resource("v1", "services")]
-            await eventually(lambda: len(slice_watches) >= 4, what="slice watch restarted after 410s")
-            await eventually(lambda: len(service_watches) >= 4, what="service watch resumed after drops")
+            await eventually(
+                lambda: len(api["watch", services]) >= 4, what="service watch resumed after cuts"
+            )
+            # Cut streams are resumed from the last version seen (the bookmark's), never listed again.
+            assert len(api["list", services]) == 1
+            assert [r.url.query.get("resourceVersion") for r in api["watch", services]][1:4] == ["7"] * 3
+            assert [r.url.query.get("allowWatchBookmarks") for r in api["watch", services]][0] == "true"
+            # The one listing of each kind came from the watch cache.
+            assert [r.url.query.get("resourceVersion") for r in api["list", slices]] == ["0"]
             # Deleted while no watch was looking: no DELETED event will ever come for it.
-            del api.objects[kmock.resource("discovery.k8s.io", "v1", "endpointslices"), "a", "web-2"]
-            await asyncio.sleep(0.5)
+            del api.objects[slices, "a", "web-2"]
+            await asyncio.sleep(0.3)
             assert {s.name for s in agent.cache.snapshot().slices} == {"web-1", "web-2"}
-            assert await agent.list_everything()  # what the periodic re-list does
-            assert {s.name for s in agent.cache.snapshot().slices} == {"web-1"}
-            # The watches came back through 410 and drops: a change made now still arrives as an event.
+            gone_now.set_result(gone)
+            await eventually(lambda: len(api["list", slices]) == 2, what="listed again after 410")
+            await eventually(
+                lambda: {s.name for s in agent.cache.snapshot().slices} == {"web-1"}, what="gone"
+            )
+            relist = api["list", slices][1]
+            assert relist.url.query.get("resourceVersionMatch") == "NotOlderThan"
+            await eventually(lambda: not agent.not_ready_because(), what="ready again")
+            # The watch came back: a change made now still arrives as an event.
             await cluster.create(SLICES, web_slice(endpoint("10.1.0.7"), name="web-3"))
             await eventually(
                 lambda: {s.name for s in agent.cache.snapshot().slices} == {"web-1", "web-3"}, what="watch"
             )
+            assert len(api["list", services]) == 1
 
 
 async def test_an_unreachable_api_pauses_reaping_and_readiness_and_both_recover(
@@ -202,7 +220,8 @@ async def test_grace_runs_on_the_injected_clock(api: Any, tmp_path: Path) -> Non
     async with Cluster(str(api.url)) as cluster:
         # 10.1.0.2 is not ready: the default policy gives it 30 s.
         await seed(cluster, web_slice(endpoint("10.1.0.1"), endpoint("10.1.0.2", ready=False)))
-        async with running(options(tmp_path, str(api.url)), fake, wall=wall) as agent:
+        opts = options(tmp_path, str(api.url), relist_interval=0.5)
+        async with running(opts, fake, wall=wall) as agent:
             await eventually(lambda: not agent.not_ready_because(), what="ready")
             sweeps = agent.metrics.reconciles.labels("sweep")
             await eventually(lambda: sweeps._value.get() >= 1, what="first sweep")
@@ -211,7 +230,11 @@ async def test_grace_runs_on_the_injected_clock(api: Any, tmp_path: Path) -> Non
             await asyncio.sleep(0.3)
             assert fake.deleted == []
             # A re-list does not reset the clock.
-            assert await agent.list_everything()
+            lists = len(api["list", kmock.resource("discovery.k8s.io", "v1", "endpointslices")])
+            await eventually(
+                lambda: len(api["list", kmock.resource("discovery.k8s.io", "v1", "endpointslices")]) > lists,
+                what="a periodic relisting",
+            )
             wall.advance(2)
             agent.request_sweep()
             await eventually(lambda: keys(fake) == ["10.96.0.2:80 -> 10.1.0.2"], what="reaped after grace")

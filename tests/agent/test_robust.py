@@ -50,11 +50,12 @@ async def test_a_bad_config_is_reported_while_the_api_is_down(
             assert "not listed yet: Service" in text
             await eventually(lambda: agent.metrics.config_missing._value.get() == 1, what="config gauge")
             assert agent.metrics.config_error._value.get() == 1
-            await eventually(lambda: "listing failed" in caplog.text, what="the failed listing logged")
+            await eventually(lambda: "objects failed" in caplog.text, what="the failed listing logged")
             await asyncio.sleep(2.5)  # retries go on: they are not logged again
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("ipvs_reaper")]
     assert sum("config rejected" in m for m in messages) == 1
-    assert sum("listing failed" in m for m in messages) == 1
+    for kind in ("Service", "EndpointSlice", "Node"):  # once for each kind, not once per retry
+        assert sum(f"listing {kind} objects failed" in m for m in messages) == 1
     assert sum(m.startswith("not ready") for m in messages) == 1
     assert not [m for m in messages if "re-list failed" in m]  # there is no view to keep
 
