@@ -6,6 +6,7 @@ BENCH_DOCTOR_INTERVAL=0 in the environment turns the doctor pass off, to measure
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -14,12 +15,7 @@ import time
 from pathlib import Path
 
 from bench.agent_cluster import fake_table
-from ipvs_reaper.agent.agent import Agent
-from ipvs_reaper.agent.main import run_agent
-from ipvs_reaper.agent.options import AgentOptions
-from ipvs_reaper.ipvs.fake import FakeIpvs
-from ipvs_reaper.kernel.sysctl import FakeSysctls
-from ipvs_reaper.netfilter.sources import RuleSources
+from ipvs_reaper.cli import without_the_official_client
 
 
 def _rss_mib() -> float:
@@ -31,7 +27,39 @@ def emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
+async def loop_lag_probe(period: float = 0.01, report_over: float = 0.02) -> None:
+    """How late the event loop runs a timer: every stall of the loop longer than `report_over` is printed."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(period)
+        late = loop.time() - before - period
+        if late > report_over:
+            emit(lag=round(late, 4), at=time.monotonic())
+
+
+def time_collections(report_over: float = 0.005) -> None:
+    """Every garbage collection longer than `report_over` is printed, with its generation."""
+    started: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["at"] = time.monotonic()
+        elif "at" in started and (took := time.monotonic() - started["at"]) > report_over:
+            emit(gc=info["generation"], took=round(took, 4), collected=info["collected"], at=time.monotonic())
+
+    gc.callbacks.append(callback)
+
+
 async def main(kubeconfig: str, services: int, events: int, port: int, watch_timeout: float) -> None:
+    # Imported here, after the official client is marked absent, as `ipvs-reaper run` does.
+    from ipvs_reaper.agent.agent import Agent
+    from ipvs_reaper.agent.main import run_agent
+    from ipvs_reaper.agent.options import AgentOptions
+    from ipvs_reaper.ipvs.fake import FakeIpvs
+    from ipvs_reaper.kernel.sysctl import FakeSysctls
+    from ipvs_reaper.netfilter.sources import RuleSources
+
     fake = FakeIpvs(fake_table(services, events))
     original = fake.delete_real_server
 
@@ -73,6 +101,7 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
         )
     )
     agent = await started
+    probe = asyncio.create_task(loop_lag_probe())
     on_event = agent.on_event
 
     def timed(kind: str, event_type: str | None, body: object) -> None:
@@ -86,8 +115,11 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
         await asyncio.sleep(0.01)
     emit(ready=time.monotonic(), rss_mib=round(_rss_mib(), 1))
     await task
+    probe.cancel()
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    time_collections()
+    without_the_official_client()
     asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])))

@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,60 @@ def _percentiles(name: str, samples: list[float]) -> dict[str, float]:
     }
 
 
-async def _lines(stream: asyncio.StreamReader, queue: asyncio.Queue[dict[str, Any]]) -> None:
+@dataclass
+class Stalls:
+    """What the child reported about its event loop: late timers (loop lag) and long garbage collections."""
+
+    lags: list[tuple[float, float]] = field(default_factory=list)  # (at, seconds late)
+    collections: list[tuple[float, int, float]] = field(default_factory=list)  # (at, generation, seconds)
+
+    def summary(self, since: float) -> dict[str, Any]:
+        lags = [late for at, late in self.lags if at >= since]
+        gcs = [(gen, took) for at, gen, took in self.collections if at >= since]
+        return {
+            "loop_lags_over_20ms": len(lags),
+            "loop_lag_max_ms": round(1000 * max(lags, default=0.0), 1),
+            "collections_over_5ms": len(gcs),
+            "collection_max_ms": round(1000 * max((t for _, t in gcs), default=0.0), 1),
+            "collections_by_generation": {g: sum(1 for gen, _ in gcs if gen == g) for g in (0, 1, 2)},
+        }
+
+
+async def _lines(stream: asyncio.StreamReader, queue: asyncio.Queue[dict[str, Any]], stalls: Stalls) -> None:
     while line := await stream.readline():
         if line.startswith(b"{"):
-            await queue.put(json.loads(line))
+            fields = json.loads(line)
+            if "lag" in fields:
+                stalls.lags.append((fields["at"], fields["lag"]))
+            elif "gc" in fields:
+                stalls.collections.append((fields["at"], fields["gc"], fields["took"]))
+            else:
+                await queue.put(fields)
+
+
+def _request_kind(request: Any) -> str:
+    """ "list EndpointSlice", "watch Service", "get Node", "discovery", ... for one emulator request."""
+    path, query = request.url.path, request.url.query
+    kinds = {"services": "Service", "endpointslices": "EndpointSlice", "nodes": "Node", "events": "Event"}
+    parts = [p for p in path.split("/") if p]
+    for plural, kind in kinds.items():
+        if plural in parts:
+            named = parts.index(plural) < len(parts) - 1
+            verb = request.method.value.lower()
+            if verb == "get":
+                verb = "watch" if query.get("watch") == "true" else "get" if named else "list"
+            return f"{verb} {kind}"
+    return "discovery"
+
+
+def _count_requests(api: Any, agent: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for request in api:
+        if agent not in request.headers.get("User-Agent", ""):
+            continue
+        key = _request_kind(request)
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 async def bench(services: int, events: int, idle: float, watch_timeout: float) -> dict[str, Any]:
@@ -78,7 +129,8 @@ async def bench(services: int, events: int, idle: float, watch_timeout: float) -
             )
             assert child.stdout is not None
             queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-            reader = asyncio.create_task(_lines(child.stdout, queue))
+            stalls = Stalls()
+            reader = asyncio.create_task(_lines(child.stdout, queue, stalls))
             try:
                 ready = await asyncio.wait_for(queue.get(), 120)
                 result: dict[str, Any] = {
@@ -87,6 +139,11 @@ async def bench(services: int, events: int, idle: float, watch_timeout: float) -
                     "endpoints_per_slice": ENDPOINTS,
                     "ready_s": round(ready["ready"] - spawned, 2),
                     "rss_at_ready_mib": ready["rss_mib"],
+                    "requests_before_ready": _count_requests(api, "kopf/"),
+                    "listing_bytes": {
+                        "Service": len(json.dumps([service_body(i) for i in range(services)])),
+                        "EndpointSlice": len(json.dumps([slice_body(i) for i in range(services)])),
+                    },
                 }
                 # Let kopf's own initial listing (it lists again for its watches) finish before idling.
                 previous = _cpu_seconds(child.pid)
@@ -104,6 +161,7 @@ async def bench(services: int, events: int, idle: float, watch_timeout: float) -
                 result["idle_window_s"] = idle
                 status = Path(f"/proc/{child.pid}/status").read_text()
                 result["rss_after_idle_mib"] = round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)
+                events_from = time.monotonic()
                 latencies: list[float] = []
                 in_agent: list[float] = []  # from kopf handing the event to the agent
                 # Events kopf did not hand over as MODIFIED: when its watch reconnects, kmock (unlike an API
@@ -136,6 +194,10 @@ async def bench(services: int, events: int, idle: float, watch_timeout: float) -
                 result["slice_events_not_handed_over_as_modified"] = missed_events
                 result.update(_percentiles("event_to_delete", latencies))
                 result.update(_percentiles("handler_to_delete", in_agent))
+                result["stalls_during_events"] = stalls.summary(events_from)
+                result["requests_whole_run"] = _count_requests(api, "kopf/")
+                status = Path(f"/proc/{child.pid}/status").read_text()
+                result["rss_after_events_mib"] = round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)
                 return result
             finally:
                 child.terminate()

@@ -329,7 +329,7 @@ def _plan(gathered: Gathered, policy: str, show_all: bool) -> Plan:
     )
 
 
-def _without_the_official_client() -> None:
+def without_the_official_client() -> None:
     """kopf imports the official Kubernetes client when it is installed, for isinstance checks on objects the
     agent never hands it: ~20 MiB of generated models in every node's agent. The agent's process does
     without it (its requests go through kopf's client); marked absent before kopf loads, unless something
@@ -338,7 +338,7 @@ def _without_the_official_client() -> None:
 
 
 def run_agent_command(args: argparse.Namespace, node_access: NodeAccess) -> int:
-    _without_the_official_client()
+    without_the_official_client()
     # kopf and aiohttp load only for the agent: `scan` stays quick to start.
     from ipvs_reaper.agent.main import run_agent
 

@@ -360,7 +360,8 @@ def test_version_and_help_show_defaults(capsys: pytest.CaptureFixture[str]) -> N
     text = " ".join(capsys.readouterr().out.split())
     for shown in (
         "(default: 60.0)",
-        "(default: 600.0)",
+        "(default: 300.0)",
+        "(default: 0.0)",
         "(default: 0.0.0.0:9808)",
         "(default: info)",
         "(default: $NODE_NAME, then the hostname)",
