@@ -361,7 +361,7 @@ def test_version_and_help_show_defaults(capsys: pytest.CaptureFixture[str]) -> N
     for shown in (
         "(default: 60.0)",
         "(default: 300.0)",
-        "(default: 0.0)",
+        "0: none (a watch resumes from its last version",
         "(default: 0.0.0.0:9808)",
         "(default: info)",
         "(default: $NODE_NAME, then the hostname)",

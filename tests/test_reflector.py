@@ -44,7 +44,7 @@ class Server:
     objects: dict[str, int] = field(default_factory=dict)  # name -> version
     version: int = 100
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (verb, version asked)
-    delivered: int = 0  # the newest version the client has been sent (a listing, an event, a bookmark)
+    delivered: int = 0  # the newest version sent to the client (a listing, an event, a bookmark)
     resumed: list[tuple[str, int]] = field(default_factory=list)  # (version asked, newest delivered) per watch
 
     def change(self, name: str, delete: bool) -> dict[str, Any]:
