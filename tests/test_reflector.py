@@ -45,7 +45,7 @@ class Server:
     version: int = 100
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (verb, version asked)
     delivered: int = 0  # the newest version sent to the client (a listing, an event, a bookmark)
-    resumed: list[tuple[str, int]] = field(default_factory=list)  # (version asked, newest delivered) per watch
+    resumed: list[tuple[str, int]] = field(default_factory=list)  # per watch: (asked, newest delivered)
 
     def change(self, name: str, delete: bool) -> dict[str, Any]:
         self.version += 1
