@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,8 +24,16 @@ def _rss_mib() -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
+_EMITTING = threading.Lock()
+
+
 def emit(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
+    """One JSON line on stdout. Locked: garbage collections are reported from whichever thread runs them,
+    and two threads' lines must not interleave."""
+    line = json.dumps(fields) + "\n"
+    with _EMITTING:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 async def loop_lag_probe(period: float = 0.01, report_over: float = 0.02) -> None:

@@ -132,11 +132,17 @@ class Store:
     gaps: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     listings: int = 0
+    open: int = 0  # listings begun and not ended: a failed one must end too
 
     def begin_listing(self) -> int:
+        self.open += 1
         return 0
 
+    def end_listing(self, since: int) -> None:
+        self.open -= 1
+
     def listed(self, kind: str, entries: list[Parsed], since: int) -> None:
+        self.open -= 1
         self.listings += 1
         self.objects = {e.key.name: e.version or "" for e in entries if e.key is not None}
 
@@ -305,6 +311,7 @@ def test_after_any_script_the_view_is_the_servers_and_only_410s_list_again(
     server = Server(list(script), objects=dict(objects))
     store, _, reflector = asyncio.run(run_script(server))
     assert store.objects == {name: str(version) for name, version in server.objects.items()}
+    assert store.open == 0
     gones = sum(1 for what, _ in script if what == "gone")
     assert reflector.listings == 1 + gones
     # Every watch resumes from the newest version the reflector was sent: nothing skipped, nothing older.

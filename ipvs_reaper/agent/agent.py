@@ -199,6 +199,9 @@ class Agent:
     def begin_listing(self) -> int:
         return self.cache.begin_listing()
 
+    def end_listing(self, since: int) -> None:
+        self.cache.end_listing(since)
+
     def listed(self, kind: str, entries: list[Parsed], since: int) -> None:
         self.cache.replace_parsed(kind, entries, since)
         if self.cache.ready:

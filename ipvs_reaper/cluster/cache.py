@@ -21,7 +21,6 @@ Service makes the whole view unusable, since it could claim any address.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,20 +139,34 @@ class ClusterCache:
         self._lost: dict[str, str] = {}
         self._heard: dict[str, float] = {}
         self._versions: dict[ObjectKey, str] = {}
-        # Which event last touched each key (stored or removed), to let a slower listing not undo it.
+        # Which event last touched each key (stored or removed), to let a slower listing not undo it; kept
+        # only while a listing is open (else it would keep every key ever deleted), by the listings' start.
         self._touched: dict[ObjectKey, int] = {}
+        self._open_listings: dict[int, int] = {}
         self._generation = 0
         # Which Services claim each virtual service, the virtual services of each Service, and the slices
-        # of each Service (by "namespace/name").
-        self._claims: dict[VirtualKey, set[ObjectKey]] = defaultdict(set)
+        # of each Service (by "namespace/name"). Tuples, not sets: nearly all hold one key, and a set of one
+        # costs four times the memory on a cluster of tens of thousands of objects.
+        self._claims: dict[VirtualKey, tuple[ObjectKey, ...]] = {}
         self._service_keys: dict[ObjectKey, tuple[VirtualKey, ...]] = {}
-        self._slices_of: dict[str, set[ObjectKey]] = defaultdict(set)
+        self._slices_of: dict[str, tuple[ObjectKey, ...]] = {}
 
     # --- feeding -------------------------------------------------------------------------------------------
 
     def begin_listing(self) -> int:
-        """Call before a listing starts; hand the result to `replace`."""
+        """Call before a listing starts; hand the result to `replace`, or to `end_listing` if it fails."""
+        self._open_listings[self._generation] = self._open_listings.get(self._generation, 0) + 1
         return self._generation
+
+    def end_listing(self, since: int) -> None:
+        """A listing begun at `since` ended without a `replace` (it failed)."""
+        count = self._open_listings.get(since, 0) - 1
+        if count > 0:
+            self._open_listings[since] = count
+        else:
+            self._open_listings.pop(since, None)
+        if not self._open_listings:
+            self._touched.clear()
 
     def parse(self, kind: str, bodies: Iterable[Mapping[str, Any]]) -> list[Parsed]:
         """Thread-safe: touches nothing of the cache."""
@@ -181,6 +194,8 @@ class ClusterCache:
             if state is not None:
                 self._restore(key, *state)
         self._touched = {key: gen for key, gen in self._touched.items() if key.kind != kind or key in kept}
+        if since is not None:
+            self.end_listing(since)
         self._listed.add(kind)
         self._lost.pop(kind, None)
         self.heard_from(kind)
@@ -339,7 +354,8 @@ class ClusterCache:
 
     def _touch(self, key: ObjectKey) -> None:
         self._generation += 1
-        self._touched[key] = self._generation
+        if self._open_listings:
+            self._touched[key] = self._generation
 
     def _union(self, first: Affected, second: Affected) -> Affected:
         if first.everything or second.everything:
@@ -408,16 +424,10 @@ class ClusterCache:
         if key in self._services:
             del self._services[key]
             for virtual in self._service_keys.pop(key, ()):
-                claimants = self._claims[virtual]
-                claimants.discard(key)
-                if not claimants:
-                    del self._claims[virtual]
+                _drop(self._claims, virtual, key)
         held = self._slices.pop(key, None)
         if held is not None:
-            siblings = self._slices_of[held.service_ref]
-            siblings.discard(key)
-            if not siblings:
-                del self._slices_of[held.service_ref]
+            _drop(self._slices_of, held.service_ref, key)
         if key.kind == NODE and key.name == self._node_name:
             self._set_node(None)
 
@@ -436,11 +446,11 @@ class ClusterCache:
         keys = tuple({virtual for virtual, _ in service_virtual_keys(service, self._node_addresses())})
         self._service_keys[key] = keys
         for virtual in keys:
-            self._claims[virtual].add(key)
+            _add(self._claims, virtual, key)
 
     def _put_slice(self, key: ObjectKey, endpoint_slice: EndpointSlice) -> None:
         self._slices[key] = endpoint_slice
-        self._slices_of[endpoint_slice.service_ref].add(key)
+        _add(self._slices_of, endpoint_slice.service_ref, key)
 
     def _set_node(self, node: Node | None) -> None:
         before = self._node_addresses()
@@ -455,3 +465,17 @@ class ClusterCache:
         self._service_keys.clear()
         for key, service in self._services.items():
             self._put_service(key, service)
+
+
+def _add(index: dict[Any, tuple[ObjectKey, ...]], at: Any, key: ObjectKey) -> None:
+    held = index.get(at, ())
+    if key not in held:
+        index[at] = (*held, key)
+
+
+def _drop(index: dict[Any, tuple[ObjectKey, ...]], at: Any, key: ObjectKey) -> None:
+    rest = tuple(k for k in index.get(at, ()) if k != key)
+    if rest:
+        index[at] = rest
+    else:
+        index.pop(at, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +85,9 @@ def _metadata(obj: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
     name = _get(meta, "name", "metadata", str, "")
     if not name:
         raise ObjectError("metadata.name", "missing")
-    return _get(meta, "namespace", "metadata", str, ""), name, meta
+    # Interned: tens of thousands of objects share a few hundred namespaces, and JSON decoding makes a new
+    # string for each occurrence.
+    return sys.intern(_get(meta, "namespace", "metadata", str, "")), name, meta
 
 
 def _ips(texts: list[Any], field: str, skip: tuple[str, ...] = ()) -> tuple[IPAddress, ...]:
@@ -217,7 +220,7 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice | None:
     return EndpointSlice(
         namespace=namespace,
         name=name,
-        service_name=service_name,
+        service_name=sys.intern(service_name),
         family=_FAMILIES[address_type],
         ports=tuple(ports),
         endpoints=tuple(endpoints),

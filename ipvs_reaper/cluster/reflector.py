@@ -37,6 +37,8 @@ class ReflectorSink(Protocol):
 
     def begin_listing(self) -> int: ...
 
+    def end_listing(self, since: int) -> None: ...
+
     def listed(self, kind: str, entries: list[Parsed], since: int) -> None: ...
 
     def event(self, kind: str, event_type: str, body: dict[str, Any]) -> None: ...
@@ -155,17 +157,21 @@ class Reflector:
         entries: list[Parsed] = []
         token: str | None = None
         version: str | None = None
-        while True:
-            raw = await self._api.list_page(self.collection, asked, token)
-            page = await asyncio.to_thread(read_page, raw, self.kind, self._node_name)
-            del raw
-            entries += page.entries
-            version = version or page.version
-            if page.token is None:
-                break
-            token = page.token
-        if version is None:
-            raise ApiFailure(f"listing {self.kind} objects: the List has no resourceVersion")
+        try:
+            while True:
+                raw = await self._api.list_page(self.collection, asked, token)
+                page = await asyncio.to_thread(read_page, raw, self.kind, self._node_name)
+                del raw
+                entries += page.entries
+                version = version or page.version
+                if page.token is None:
+                    break
+                token = page.token
+            if version is None:
+                raise ApiFailure(f"listing {self.kind} objects: the List has no resourceVersion")
+        except (ApiFailure, asyncio.CancelledError):
+            self._sink.end_listing(since)
+            raise
         self._sink.listed(self.kind, entries, since)
         self.version = version
         return version
