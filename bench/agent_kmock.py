@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -162,6 +163,7 @@ async def bench(services: int, events: int, idle: float, watch_timeout: float) -
                 status = Path(f"/proc/{child.pid}/status").read_text()
                 result["rss_after_idle_mib"] = round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)
                 events_from = time.monotonic()
+                child.send_signal(signal.SIGUSR1)  # the loop-lag probe, from now on
                 latencies: list[float] = []
                 in_agent: list[float] = []  # from kopf handing the event to the agent
                 # Events kopf did not hand over as MODIFIED: when its watch reconnects, kmock (unlike an API

@@ -16,7 +16,6 @@ page of raw JSON and never stalls the loop's other work (reconciles, health chec
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ipvs_reaper.cluster.cache import Parsed, parse_object
+from ipvs_reaper.cluster.list_json import decode_list
 from ipvs_reaper.cluster.watch_api import Collection, Gone, WatchApi
 from ipvs_reaper.errors import ApiFailure
 
@@ -58,23 +58,24 @@ class Page:
 
 
 def read_page(raw: bytes, kind: str, node_name: str) -> Page:
-    """One page of a listing, decoded and parsed (pure: runs in a thread). Raises ApiFailure for an answer
-    that is not a List; an item that is not an object is kept as unreadable by the cache."""
-    try:
-        page = json.loads(raw)
-    except (ValueError, RecursionError) as error:
-        raise ApiFailure(f"listing {kind} objects: the answer is not JSON ({error})") from None
-    items = page.get("items") if isinstance(page, dict) else None
-    meta = page.get("metadata") if isinstance(page, dict) else None
-    if not isinstance(items, list | None) or not isinstance(meta, dict | None) or not isinstance(page, dict):
-        raise ApiFailure(f"listing {kind} objects: the answer is not a List")
-    entries = []
-    for item in items or ():
+    """One page of a listing, decoded and parsed an item at a time (pure: runs in a thread). Raises ApiFailure
+    for an answer that is not a List; an item that is not an object is kept as unreadable by the cache."""
+    entries: list[Parsed] = []
+
+    def take(item: Any) -> None:
         if isinstance(item, dict):
             item["kind"] = kind  # list responses leave it out of their items
             entries.append(parse_object(kind, item, node_name))
         else:
             entries.append(Parsed(None, None, None))
+
+    try:
+        fields = decode_list(raw.decode("utf-8"), take)
+    except (ValueError, RecursionError) as error:
+        raise ApiFailure(f"listing {kind} objects: the answer is not a JSON List ({error})") from None
+    meta = fields.get("metadata")
+    if "items" in fields or not isinstance(meta, dict | None):
+        raise ApiFailure(f"listing {kind} objects: the answer is not a List")
     version, token = (meta or {}).get("resourceVersion"), (meta or {}).get("continue")
     return Page(
         entries,
