@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -14,10 +15,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from bench.agent_cluster import fake_table
+from bench.agent_cluster import ENDPOINTS, cluster_ip, fake_table, pod_ip
 from ipvs_reaper.cli import without_the_official_client
+from ipvs_reaper.ipvs.fake import FakeIpvs
+from ipvs_reaper.values import Protocol, RealKey, RealServer, VirtualKey
 
 
 def _rss_mib() -> float:
@@ -61,12 +66,41 @@ def time_collections(report_over: float = 0.005) -> None:
     gc.callbacks.append(callback)
 
 
+def fake_kube_proxy(fake: FakeIpvs, services: int) -> Callable[[dict[str, Any]], None]:
+    """What kube-proxy does with a slice event, before the agent sees it: a real server per endpoint, weight 1
+    while its endpoint is listed, weight 0 once it is not (the soak's churn removes and restores one)."""
+
+    def apply(body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]  # svc-{i}-abcde
+        i = int(name.split("-")[1])
+        virtual = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address(cluster_ip(i)), 80)
+        listed = {a for e in body.get("endpoints", []) for a in e.get("addresses", [])}
+        for j in range(ENDPOINTS):
+            address = pod_ip(i, j)
+            key = RealKey(virtual, ipaddress.ip_address(address), 8080)
+            fake.put(RealServer(key, "Masq", 1 if address in listed else 0, 0, 0), add=address in listed)
+
+    return apply
+
+
+async def report_resources(every: float = 10.0) -> None:
+    """The process's RSS, threads, open files (sockets included) and asyncio tasks, every `every` seconds."""
+    while True:
+        emit(
+            stats=time.monotonic(),
+            rss_mib=round(_rss_mib(), 1),
+            threads=threading.active_count(),
+            fds=len(os.listdir("/proc/self/fd")),
+            tasks=len(asyncio.all_tasks()),
+        )
+        await asyncio.sleep(every)
+
+
 async def main(kubeconfig: str, services: int, events: int, port: int, watch_timeout: float) -> None:
     # Imported here, after the official client is marked absent, as `ipvs-reaper run` does.
     from ipvs_reaper.agent.agent import Agent
     from ipvs_reaper.agent.main import run_agent
     from ipvs_reaper.agent.options import AgentOptions
-    from ipvs_reaper.ipvs.fake import FakeIpvs
     from ipvs_reaper.kernel.sysctl import FakeSysctls
     from ipvs_reaper.netfilter.sources import RuleSources
 
@@ -88,7 +122,7 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
         listen_port=port,
         sweep_interval=60.0,
         sweep_jitter=0.1,
-        relist_interval=600.0,
+        relist_interval=0.0,
         heartbeat_interval=30.0,
         max_silence=120.0,
         watch_timeout=watch_timeout,
@@ -118,11 +152,16 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
         signal.SIGUSR1, lambda: probes.append(asyncio.create_task(loop_lag_probe()))
     )
     on_event = agent.on_event
+    kube_proxy = fake_kube_proxy(fake, services) if os.environ.get("BENCH_SOAK") else None
+    if kube_proxy is not None:
+        probes.append(asyncio.create_task(report_resources()))
 
     def timed(kind: str, event_type: str | None, body: object) -> None:
         if kind == "EndpointSlice" and event_type == "MODIFIED":
             meta = body.get("metadata", {}) if isinstance(body, dict) else {}
             emit(event=meta.get("name"), at=time.monotonic())
+            if kube_proxy is not None and isinstance(body, dict):
+                kube_proxy(body)
         on_event(kind, event_type, body)
 
     agent.on_event = timed  # type: ignore[method-assign]

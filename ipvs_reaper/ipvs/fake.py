@@ -64,6 +64,12 @@ class FakeIpvs:
         self.services = {svc.key: svc for svc in table.services}
         self.real_servers = RealServersByVirtual(table.real_servers)
 
+    def put(self, real_server: RealServer, *, add: bool = True) -> None:
+        """Write a real server as kube-proxy would; without `add`, only one that is there is changed."""
+        with self._lock:
+            if add or real_server.key in self.real_servers:
+                self.real_servers[real_server.key] = real_server
+
     def set_weight(self, key: RealKey, weight: int) -> None:
         with self._lock:
             self.real_servers[key] = replace(self.real_servers[key], weight=weight)

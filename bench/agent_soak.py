@@ -1,0 +1,181 @@
+"""Soak of `ipvs-reaper run` against kmock's emulator: EndpointSlice churn at a steady rate for a long time,
+with the agent's RSS, threads, open files and asyncio tasks sampled every 10 s, every reap accounted for,
+and every warning or error the agent logs counted.
+
+    .venv/bin/python -m bench.agent_soak [--services 10000] [--rate 50] [--seconds 1800]
+
+Each change is a PATCH of one Service's slice that alternately removes and restores its fifth endpoint; in
+the agent's process a stand-in for kube-proxy sets that real server to weight 0 when its endpoint goes and
+back to 1 when it returns, so every removal must end in one deletion. Loopback only, bounded, and it stops
+by itself. tests/agent/test_soak.py runs a short one in the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+
+from bench.agent_cluster import ENDPOINTS, node_body, pod_ip, service_body, slice_body
+from tests.agent.harness import free_port, kubeconfig
+
+SERVICES = kmock.resource("", "v1", "services")
+SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
+NODES = kmock.resource("", "v1", "nodes")
+
+
+@dataclass
+class Seen:
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    deleted: dict[str, int] = field(default_factory=dict)  # "-> address:port" -> deletions
+    complaints: list[str] = field(default_factory=list)  # warnings, errors, tracebacks the agent logged
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _stdout(stream: asyncio.StreamReader, seen: Seen) -> None:
+    while line := await stream.readline():
+        if not line.startswith(b"{"):
+            continue
+        fields = json.loads(line)
+        if "ready" in fields:
+            seen.ready.set()
+        elif "stats" in fields:
+            seen.stats.append(fields)
+        elif "deleted" in fields:
+            name = fields["deleted"]
+            key = name[name.find("->") :]
+            seen.deleted[key] = seen.deleted.get(key, 0) + 1
+
+
+async def _stderr(stream: asyncio.StreamReader, seen: Seen) -> None:
+    # logging.basicConfig's format: LEVEL:logger:message. The agent says nothing at INFO here (WARNING up).
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        # Before ready it says it is not ready yet, which is no complaint.
+        if seen.ready.is_set() and text.startswith(
+            ("WARNING:ipvs_reaper", "ERROR:", "CRITICAL:", "Traceback")
+        ):
+            seen.complaints.append(text)
+
+
+def _trend(stats: list[dict[str, Any]], name: str) -> dict[str, float]:
+    values = [s[name] for s in stats]
+    if not values:
+        return {}
+    half = len(values) // 2
+    first, second = values[: max(half, 1)], values[half:] or values
+    return {
+        "first": values[0],
+        "last": values[-1],
+        "max": max(values),
+        # Flat means the second half of the run is not above the first: growth shows as a positive difference.
+        "second_half_mean_minus_first": round(sum(second) / len(second) - sum(first) / len(first), 2),
+    }
+
+
+async def soak(services: int, rate: float, seconds: float, settle: float = 10.0) -> dict[str, Any]:
+    async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+        api.resources.load_bundled()
+        for i in range(services):
+            api.objects[SERVICES, f"ns-{i % 50}", f"svc-{i}"] = service_body(i)
+            api.objects[SLICES, f"ns-{i % 50}", f"svc-{i}-abcde"] = slice_body(i)
+        api.objects[NODES, None, "node-a"] = node_body()
+        url = str(server.url).rstrip("/")
+        with tempfile.TemporaryDirectory() as scratch:
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), BENCH_SOAK="1")
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.agent_child",
+                kubeconfig(Path(scratch), url),
+                str(services),
+                "0",  # no real server starts at weight 0: the churn makes every one
+                str(free_port()),
+                "300",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            assert child.stdout is not None and child.stderr is not None
+            seen = Seen()
+            readers = [
+                asyncio.create_task(_stdout(child.stdout, seen)),
+                asyncio.create_task(_stderr(child.stderr, seen)),
+            ]
+            try:
+                await asyncio.wait_for(seen.ready.wait(), 300)
+                removed: dict[str, int] = {}
+                changes = 0
+                started = time.monotonic()
+                async with aiohttp.ClientSession(
+                    headers={"Content-Type": "application/merge-patch+json"}
+                ) as session:
+                    while (now := time.monotonic()) < started + seconds:
+                        i = changes % services
+                        remove = (changes // services) % 2 == 0
+                        body = slice_body(
+                            i, endpoints=ENDPOINTS - 1 if remove else ENDPOINTS, version=changes + 1
+                        )
+                        meta = body["metadata"]
+                        path = f"{url}/apis/discovery.k8s.io/v1/namespaces/{meta['namespace']}/endpointslices"
+                        async with session.patch(f"{path}/{meta['name']}", json=body) as response:
+                            assert response.status < 300, await response.text()
+                        if remove:
+                            key = f"-> {pod_ip(i, ENDPOINTS - 1)}:8080"
+                            removed[key] = removed.get(key, 0) + 1
+                        changes += 1
+                        await asyncio.sleep(max(0.0, started + changes / rate - time.monotonic()))
+                    elapsed = now - started
+                deadline = time.monotonic() + settle
+                while time.monotonic() < deadline and any(
+                    seen.deleted.get(k, 0) < n for k, n in removed.items()
+                ):
+                    await asyncio.sleep(0.2)
+                missed = {
+                    k: n - seen.deleted.get(k, 0) for k, n in removed.items() if seen.deleted.get(k, 0) < n
+                }
+                return {
+                    "services": services,
+                    "rate_per_s": round(changes / elapsed, 1),
+                    "seconds": round(elapsed, 1),
+                    "changes": changes,
+                    "removals": sum(removed.values()),
+                    "deletions": sum(seen.deleted.values()),
+                    "missed_reaps": sum(missed.values()),
+                    "complaints": seen.complaints[:20],
+                    "rss_mib": _trend(seen.stats, "rss_mib"),
+                    "threads": _trend(seen.stats, "threads"),
+                    "open_files": _trend(seen.stats, "fds"),
+                    "tasks": _trend(seen.stats, "tasks"),
+                    "samples": len(seen.stats),
+                }
+            finally:
+                child.terminate()
+                await child.wait()
+                for reader in readers:
+                    reader.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=50.0, help="slice changes per second")
+    parser.add_argument("--seconds", type=float, default=1800.0, help="how long the churn runs")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(soak(args.services, args.rate, args.seconds)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
