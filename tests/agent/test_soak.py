@@ -11,8 +11,8 @@ async def test_a_short_soak_reaps_everything_and_leaks_nothing() -> None:
     assert result["removals"] >= 300  # the rate was kept up
     assert result["missed_reaps"] == 0, result
     assert result["complaints"] == [], result
-    # Threads may grow to the default executor's size (6 on 2 cores) as reconciles use it; tasks and open
-    # files (sockets: the watches, the health server) may not grow.
-    for counted, slack in (("threads", 6), ("tasks", 3), ("open_files", 3)):
+    # Some growth is warm-up: the default executor's threads (6 on 2 cores), pooled API connections. A leak
+    # per change (over 700 of them) is far beyond it.
+    for counted, slack in (("threads", 6), ("tasks", 5), ("open_files", 10)):
         trend = result[counted]
         assert trend["last"] <= trend["first"] + slack, (counted, result)
