@@ -189,7 +189,9 @@ class Agent:
             Collection(NODE, "/api/v1/nodes", field_selector=f"metadata.name={node}"),
         )
         timing = ReflectorTiming(
-            relist_spread=self.options.relist_spread, relist_interval=self.options.relist_interval
+            relist_spread=self.options.relist_spread,
+            relist_interval=self.options.relist_interval,
+            retry=self.options.retry_backoff,
         )
         return [
             Reflector(c, self._api, self, node, timing=timing, rng=self._rng, clock=self._clocks.monotonic)

@@ -44,6 +44,8 @@ class AgentOptions:
     # After a 410 Gone, list again at a random moment within this many seconds: an API server restart sends
     # 410 to every node's watches at once, and their listings should not arrive at once.
     relist_spread: float = 10.0
+    # Pauses between failed listings or watch requests, the last repeated: an outage is waited out.
+    retry_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
     log_level: str = "info"
     log_format: str = "text"
 
