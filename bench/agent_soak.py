@@ -144,9 +144,9 @@ async def soak(services: int, rate: float, seconds: float, settle: float = 10.0)
                             removed[key] = removed.get(key, 0) + 1
                         changes += 1
                         if changes % 100 == 0:
-                            # kmock keeps every request and matches each new one against all of them, so its
-                            # cost per request grows with the run (95 ms per PATCH after 400); the soak asserts
-                            # nothing about requests, so its log is emptied as it goes.
+                            # kmock keeps every request and matches each new one against all of them:
+                            # its cost per request grows with the run (95 ms per PATCH after 400). The
+                            # soak asserts nothing about requests, so the log is emptied as it goes.
                             api._requests.clear()
                         await asyncio.sleep(max(0.0, started + changes / rate - time.monotonic()))
                     elapsed = now - started
