@@ -104,13 +104,18 @@ def _count_requests(api: Any, agent: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def seed(api: Any, services: int) -> None:
+    """The benchmark's cluster into kmock's emulator (kmock stays out of the agent's process)."""
+    api.resources.load_bundled()
+    for i in range(services):
+        api.objects[SERVICES, f"ns-{i % 50}", f"svc-{i}"] = service_body(i)
+        api.objects[SLICES, f"ns-{i % 50}", f"svc-{i}-abcde"] = slice_body(i)
+    api.objects[NODES, None, "node-a"] = node_body()
+
+
 async def bench(services: int, events: int, idle: float, watch_timeout: float) -> dict[str, Any]:
     async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
-        api.resources.load_bundled()
-        for i in range(services):
-            api.objects[SERVICES, f"ns-{i % 50}", f"svc-{i}"] = service_body(i)
-            api.objects[SLICES, f"ns-{i % 50}", f"svc-{i}-abcde"] = slice_body(i)
-        api.objects[NODES, None, "node-a"] = node_body()
+        seed(api, services)
         url = str(server.url)
         with tempfile.TemporaryDirectory() as scratch:
             config = kubeconfig(Path(scratch), url)

@@ -26,12 +26,9 @@ from typing import Any
 import aiohttp
 import kmock
 
-from bench.agent_cluster import ENDPOINTS, node_body, pod_ip, service_body, slice_body
+from bench.agent_cluster import ENDPOINTS, pod_ip, slice_body
+from bench.agent_kmock import seed
 from tests.agent.harness import free_port, kubeconfig
-
-SERVICES = kmock.resource("", "v1", "services")
-SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
-NODES = kmock.resource("", "v1", "nodes")
 
 
 @dataclass
@@ -85,11 +82,7 @@ def _trend(stats: list[dict[str, Any]], name: str) -> dict[str, float]:
 
 async def soak(services: int, rate: float, seconds: float, settle: float = 10.0) -> dict[str, Any]:
     async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
-        api.resources.load_bundled()
-        for i in range(services):
-            api.objects[SERVICES, f"ns-{i % 50}", f"svc-{i}"] = service_body(i)
-            api.objects[SLICES, f"ns-{i % 50}", f"svc-{i}-abcde"] = slice_body(i)
-        api.objects[NODES, None, "node-a"] = node_body()
+        seed(api, services)
         url = str(server.url).rstrip("/")
         with tempfile.TemporaryDirectory() as scratch:
             env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), BENCH_SOAK="1")
