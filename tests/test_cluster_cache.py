@@ -54,6 +54,30 @@ def test_a_relist_drops_what_vanished_while_the_watch_was_down() -> None:
     assert {s.name for s in cache.snapshot().services} == {"web"}
 
 
+def test_a_watch_that_missed_events_makes_the_view_unusable_until_its_kind_is_listed() -> None:
+    cache = listed_cache()
+    cache.lost(ENDPOINT_SLICE, "the EndpointSlice watch fell behind (410 Gone); listing again")
+    assert cache.snapshot().problems == ("the EndpointSlice watch fell behind (410 Gone); listing again",)
+    cache.replace(SERVICE, [service("a", "web", ["10.96.0.2"], [port(80)])])
+    assert not cache.snapshot().usable  # another kind's listing does not make up for it
+    cache.replace(ENDPOINT_SLICE, [endpoint_slice("a", "web-1", "web", [port(8080)], [])])
+    assert cache.snapshot().usable
+
+
+def test_what_events_touched_is_remembered_only_while_a_listing_is_open() -> None:
+    """Between listings (which now follow only a 410) nothing may accumulate per deleted object."""
+    cache = listed_cache()
+    for i in range(50):
+        body = service("a", f"s-{i}", [f"10.96.1.{i}"], [port(80)])
+        cache.upsert(SERVICE, body)
+        cache.remove(SERVICE, body)
+    assert cache._touched == {}
+    since = cache.begin_listing()
+    cache.remove(SERVICE, service("a", "web", ["10.96.0.2"], [port(80)]))
+    cache.end_listing(since)  # the listing failed
+    assert cache._touched == {}
+
+
 def test_events_update_and_remove_by_key_and_only_this_node_is_kept() -> None:
     cache = listed_cache()
     cache.upsert(SERVICE, service("a", "web", ["10.96.0.3"], [port(80)]))

@@ -117,7 +117,6 @@ class Agent:
         self._last_refusal: str | None = None
         # What was last said about readiness, listings and addresses: one log line per change, not per try.
         self._said_not_ready: tuple[str, ...] | None = None
-        self._listing_failed = False
         self._address_error: str | None = None
         self._ipvs_error: str | None = None
         self._release_memory = heap_trimmer()
