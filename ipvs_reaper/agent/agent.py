@@ -120,6 +120,7 @@ class Agent:
         self._address_error: str | None = None
         self._ipvs_error: str | None = None
         self._release_memory = heap_trimmer()
+        self._reflectors: list[Reflector] = []
         self.last_loop = clocks.monotonic()
         config = self._refresh_config()  # readiness says why from the first request on
         if config is not None:
@@ -192,10 +193,11 @@ class Agent:
             relist_interval=self.options.relist_interval,
             retry=self.options.retry_backoff,
         )
-        return [
+        self._reflectors = [
             Reflector(c, self._api, self, node, timing=timing, rng=self._rng, clock=self._clocks.monotonic)
             for c in collections
         ]
+        return self._reflectors
 
     def begin_listing(self) -> int:
         return self.cache.begin_listing()
@@ -248,8 +250,9 @@ class Agent:
             if node is not None:
                 node["kind"] = NODE
                 self._note(self.cache.upsert(NODE, node))
-            for kind in (SERVICE, ENDPOINT_SLICE, NODE):
-                self.cache.heard_from(kind)
+            for reflector in self._reflectors:
+                if reflector.watching:  # a failing watch is not vouched for: its kind goes stale
+                    self.cache.heard_from(reflector.kind)
 
     # --- the work loop -------------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ reflector.py keep a cache, with the API server's costs in mind (the agent runs o
   (a restarted API server sends 410 to every node at once) and from the watch cache, no older than the last
   version seen. Until that listing completes, the kind's view is marked incomplete: events were missed.
 - An optional periodic relisting (off by default) for operators who want one anyway.
+- A heartbeat (the agent's read of its Node) stands in for a quiet kind's silence only while that kind's
+  watch is up: a watch that keeps failing while other requests work lets its kind go stale.
 
 Pages are decoded and parsed off the event loop, one at a time, so a listing of a large cluster holds one
 page of raw JSON and never stalls the loop's other work (reconciles, health checks).
@@ -114,6 +116,10 @@ class Reflector:
         self._sleep = sleep
         self.version: str | None = None  # the last version seen; None until the first listing
         self.listings = 0
+        # Whether the watch is up (its last request did not fail): only then may a heartbeat stand in for its
+        # silence. A watch that keeps failing while other requests work (a proxy that breaks streams, a
+        # missing `watch` permission) must let its kind go stale, not be vouched for.
+        self.watching = False
         self._failing: str | None = None  # what is failing, said once
 
     @property
@@ -181,6 +187,7 @@ class Reflector:
         """Watch requests one after another from the last version seen; returns why to list again."""
         failures = 0
         interval = self._timing.relist_interval
+        self.watching = True
         # With periodic listings, the watch in progress is ended when one is due.
         due = self._clock() + interval * (1 + 0.1 * self._rng.uniform(-1, 1)) if interval > 0 else None
         while True:
@@ -190,16 +197,20 @@ class Reflector:
                         if failures:
                             self._say_recovered(f"watching {self.kind} objects again")
                             failures = 0
+                            self.watching = True
                         self._on_event(event)
             except TimeoutError:
+                self.watching = False
                 return "interval"
             except Gone as error:
+                self.watching = False
                 self._sink.failed("watch")
                 self._sink.lost(self.kind, f"the {self.kind} watch fell behind ({error}); listing again")
                 log.info("%s: the API no longer has version %s (410): listing again", self.kind, self.version)
                 return "gone"
             except ApiFailure as error:
                 self._sink.failed("watch")
+                self.watching = False
                 if failures:
                     self._say_failing(f"watching {self.kind} objects failed, retrying: {error}")
                 else:
@@ -209,6 +220,7 @@ class Reflector:
                 continue
             self._say_recovered(f"watching {self.kind} objects again")
             failures = 0
+            self.watching = True
 
     def _on_event(self, event: dict[str, Any]) -> None:
         event_type, body = event.get("type"), event.get("object")

@@ -29,6 +29,11 @@ log = logging.getLogger("ipvs_reaper.cluster.requests")
 _NO_RETRIES: tuple[float, ...] = ()
 
 
+# Not an event the API sends: a watch's first item once the server has answered 200, so that a watch on a
+# quiet kind counts as up before its first event or bookmark.
+OPENED = "OPENED"
+
+
 class Gone(ApiFailure):
     """410 Gone: the resource version is older than the API server still knows; list again."""
 
@@ -125,13 +130,15 @@ class KopfApi:
             raise self._failure(f"listing {collection.kind} objects", error) from None
 
     async def watch(self, collection: Collection, since: str) -> AsyncIterator[dict[str, Any]]:
-        """The watch's events from `since` until the server ends the request (a normal end). Raises Gone for
-        a 410, as a status or as an ERROR event, and ApiFailure for anything else that goes wrong."""
+        """The watch's events from `since` until the server ends the request (a normal end), after an OPENED
+        item. Raises Gone for a 410, as a status or as an ERROR event, and ApiFailure for anything else that
+        goes wrong."""
         url = _url(collection.path, watch_params(collection, since, self._watch_timeout))
         what = f"watching {collection.kind} objects"
         try:
             response = await self._request("get", url, timeout=self._stream_timeout)
             async with response:
+                yield {"type": OPENED}  # the server took the watch: it is up, even before any event
                 async for line in kopf_api.iter_jsonlines(response.content):
                     event = json.loads(line)
                     if not isinstance(event, dict):

@@ -164,6 +164,29 @@ async def test_a_cut_watch_resumes_from_its_version_and_only_a_410_lists_again(
             assert len(api["list", services]) == 1
 
 
+async def test_a_watch_that_keeps_failing_is_not_vouched_for_by_heartbeats(api: Any, tmp_path: Path) -> None:
+    """Listings and reads work but every slice watch fails (a proxy that breaks streams, no `watch` verb):
+    the heartbeat proves the API answers, not that slice events arrive, so the slice view goes stale."""
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=1)))
+    api["watch", kmock.resource("discovery.k8s.io", "v1", "endpointslices")] << 503
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        async with running(options(tmp_path, str(api.url), max_silence=2.0), fake) as agent:
+            await eventually(lambda: not agent.not_ready_because(), what="ready (the listing is fresh)")
+            await eventually(
+                lambda: any("about EndpointSlice objects" in r for r in agent.not_ready_because()),
+                timeout=8,
+                what="the slice view stale",
+            )
+            assert not any("about Service objects" in r for r in agent.not_ready_because())
+            # 10.1.0.2 is listed again, ready, and drained by hand: the stale view still has it gone.
+            await cluster.patch(SLICES, web_slice(endpoint("10.1.0.1"), endpoint("10.1.0.2")))
+            fake.set_weight(real(WEB, "10.1.0.2", 8080).key, 0)
+            agent.request_sweep()
+            await asyncio.sleep(0.5)
+            assert fake.deleted == []
+
+
 async def test_an_unreachable_api_pauses_reaping_and_readiness_and_both_recover(
     api: Any, tmp_path: Path
 ) -> None:
