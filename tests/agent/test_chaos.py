@@ -1,7 +1,7 @@
 """Chaos against the real agent, with the safety invariants checked at every single deletion: a rollout keeps
-removing and restoring endpoints while the API fails (503 bursts, watches cut, 410 Gone), deletes fail
-(EPERM, EBUSY) or find the real server already gone (kube-proxy first), the config flaps between good and
-garbage, the first-seen file is corrupted and made unwritable, and the wall clock jumps both ways.
+removing and restoring endpoints while the API fails (503 bursts, slow answers, watches cut, 410 Gone),
+deletes fail (EPERM, EBUSY) or find the real server already gone (kube-proxy first), the config flaps between
+good and garbage, the first-seen file is corrupted and made unwritable, and the wall clock jumps both ways.
 
 Invariants, at each delete (the fake table's hook runs in the agent's own thread, under the table's lock):
 the real server is at weight 0, belongs to the one mapped virtual service, and its endpoint has not been
@@ -87,6 +87,11 @@ async def test_under_chaos_nothing_wanted_is_deleted_and_everything_stale_is(
     outage = {"on": False}
     agent_requests = lambda request: CHURN_AGENT not in request.headers.get("User-Agent", "")  # noqa: E731
     (api**100)[lambda request: outage["on"] and agent_requests(request)] << 503
+    # Slow answers: while on, each of the agent's requests waits up to 1.5 s before the emulator answers it.
+    slow = {"on": False}
+    api[lambda request: slow["on"] and agent_requests(request)] >> (
+        lambda: asyncio.sleep(rng.uniform(0.1, 1.5))
+    )
     slices = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
     gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
     # The first slice and service watches are cut at once (after a bookmark), the next slice watches are
@@ -129,8 +134,10 @@ async def test_under_chaos_nothing_wanted_is_deleted_and_everything_stale_is(
                         SLICES, _slice({a for a, s in listed.items() if s is not None}, version)
                     )
                 roll = rng.random()
-                if roll < 0.15:
+                if roll < 0.1:
                     outage["on"] = not outage["on"]
+                elif roll < 0.15:
+                    slow["on"] = not slow["on"]
                 elif roll < 0.25:
                     fake.fail_deletes = {
                         real(WEB, a, 8080).key: rng.choice([errno.EPERM, errno.EBUSY]) for a in PODS[:3]
@@ -153,7 +160,7 @@ async def test_under_chaos_nothing_wanted_is_deleted_and_everything_stale_is(
                     wall.advance(rng.choice([-3600.0, -30.0, 30.0, 3600.0]))
                 await asyncio.sleep(rng.uniform(0.05, 0.4))
             # The chaos ends: the API answers, deletes work, the config is good.
-            outage["on"] = False
+            outage["on"] = slow["on"] = False
             fake.fail_deletes = {}
             config.write_text(good)
             if first_seen.is_dir():
