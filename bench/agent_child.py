@@ -160,8 +160,14 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
         if kind == "EndpointSlice" and event_type == "MODIFIED":
             meta = body.get("metadata", {}) if isinstance(body, dict) else {}
             emit(event=meta.get("name"), at=time.monotonic())
-            if kube_proxy is not None and isinstance(body, dict):
-                kube_proxy(body)
+        # kube-proxy acts on every slice it is told of: a change can come as ADDED when a watch restarts.
+        if (
+            kube_proxy is not None
+            and kind == "EndpointSlice"
+            and event_type != "DELETED"
+            and isinstance(body, dict)
+        ):
+            kube_proxy(body)
         on_event(kind, event_type, body)
 
     agent.on_event = timed  # type: ignore[method-assign]

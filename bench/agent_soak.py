@@ -35,6 +35,7 @@ from tests.agent.harness import free_port, kubeconfig
 class Seen:
     stats: list[dict[str, Any]] = field(default_factory=list)
     deleted: dict[str, int] = field(default_factory=dict)  # "-> address:port" -> deletions
+    deleted_at: dict[str, list[float]] = field(default_factory=dict)
     complaints: list[str] = field(default_factory=list)  # warnings, errors, tracebacks the agent logged
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -52,6 +53,7 @@ async def _stdout(stream: asyncio.StreamReader, seen: Seen) -> None:
             name = fields["deleted"]
             key = name[name.find("->") :]
             seen.deleted[key] = seen.deleted.get(key, 0) + 1
+            seen.deleted_at.setdefault(key, []).append(fields["at"])
 
 
 async def _stderr(stream: asyncio.StreamReader, seen: Seen) -> None:
@@ -80,7 +82,7 @@ def _trend(stats: list[dict[str, Any]], name: str) -> dict[str, float]:
     }
 
 
-async def soak(services: int, rate: float, seconds: float, settle: float = 10.0) -> dict[str, Any]:
+async def soak(services: int, rate: float, seconds: float, settle: float = 70.0) -> dict[str, Any]:
     async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
         seed(api, services)
         url = str(server.url).rstrip("/")
@@ -108,6 +110,7 @@ async def soak(services: int, rate: float, seconds: float, settle: float = 10.0)
             try:
                 await asyncio.wait_for(seen.ready.wait(), 300)
                 removed: dict[str, int] = {}
+                removed_at: dict[str, list[float]] = {}
                 changes = 0
                 started = time.monotonic()
                 # Each PATCH on its own task: one answer takes tens of milliseconds on loopback (the emulator
@@ -135,6 +138,7 @@ async def soak(services: int, rate: float, seconds: float, settle: float = 10.0)
                         if remove:
                             key = f"-> {pod_ip(i, ENDPOINTS - 1)}:8080"
                             removed[key] = removed.get(key, 0) + 1
+                            removed_at.setdefault(key, []).append(time.monotonic())
                         changes += 1
                         if changes % 100 == 0:
                             # kmock keeps every request and matches each new one against all of them:
@@ -152,6 +156,12 @@ async def soak(services: int, rate: float, seconds: float, settle: float = 10.0)
                 missed = {
                     k: n - seen.deleted.get(k, 0) for k, n in removed.items() if seen.deleted.get(k, 0) < n
                 }
+                # Each removal's wait for its deletion (the n-th deletion of a key answers its n-th removal).
+                waits = sorted(
+                    done - at
+                    for key, times in removed_at.items()
+                    for at, done in zip(times, seen.deleted_at.get(key, []), strict=False)
+                )
                 return {
                     "services": services,
                     "rate_per_s": round(changes / elapsed, 1),
@@ -160,12 +170,24 @@ async def soak(services: int, rate: float, seconds: float, settle: float = 10.0)
                     "removals": sum(removed.values()),
                     "deletions": sum(seen.deleted.values()),
                     "missed_reaps": sum(missed.values()),
+                    "missed_examples": [
+                        (key, [round(at - started, 1) for at in removed_at[key]]) for key in list(missed)[:10]
+                    ],
+                    "removal_to_deletion_p50_p99_max_ms": [
+                        round(1000 * waits[int(q * (len(waits) - 1))], 1) for q in (0.5, 0.99, 1.0)
+                    ]
+                    if waits
+                    else [],
                     "complaints": seen.complaints[:20],
                     "rss_mib": _trend(seen.stats, "rss_mib"),
                     "threads": _trend(seen.stats, "threads"),
                     "open_files": _trend(seen.stats, "fds"),
                     "tasks": _trend(seen.stats, "tasks"),
                     "samples": len(seen.stats),
+                    # (seconds since ready, MiB) once a minute: the shape, not only the ends.
+                    "rss_series": [
+                        (round(s["stats"] - seen.stats[0]["stats"]), s["rss_mib"]) for s in seen.stats[::6]
+                    ],
                 }
             finally:
                 child.terminate()

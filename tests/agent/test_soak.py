@@ -7,7 +7,7 @@ from bench.agent_soak import soak
 
 
 async def test_a_short_soak_reaps_everything_and_leaks_nothing() -> None:
-    result = await soak(services=300, rate=50.0, seconds=15.0)
+    result = await soak(services=300, rate=50.0, seconds=15.0, settle=10.0)
     assert result["removals"] >= 300  # the rate was kept up
     assert result["missed_reaps"] == 0, result
     assert result["complaints"] == [], result
