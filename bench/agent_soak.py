@@ -82,7 +82,9 @@ def _trend(stats: list[dict[str, Any]], name: str) -> dict[str, float]:
     }
 
 
-async def soak(services: int, rate: float, seconds: float, settle: float = 70.0) -> dict[str, Any]:
+async def soak(
+    services: int, rate: float, seconds: float, settle: float = 70.0, watch_timeout: float = 300.0
+) -> dict[str, Any]:
     async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
         seed(api, services)
         url = str(server.url).rstrip("/")
@@ -96,7 +98,7 @@ async def soak(services: int, rate: float, seconds: float, settle: float = 70.0)
                 str(services),
                 "0",  # no real server starts at weight 0: the churn makes every one
                 str(free_port()),
-                "300",
+                str(watch_timeout),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
@@ -200,11 +202,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--services", type=int, default=10_000, help="Services, one slice each")
     parser.add_argument("--rate", type=float, default=50.0, help="slice changes per second")
     parser.add_argument("--seconds", type=float, default=1800.0, help="how long the churn runs")
+    parser.add_argument(
+        "--watch-timeout",
+        type=float,
+        default=300.0,
+        help="the agent's; kmock cannot resume a watch and re-sends every object at each reconnect",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(soak(args.services, args.rate, args.seconds)), indent=2))
+    result = soak(args.services, args.rate, args.seconds, watch_timeout=args.watch_timeout)
+    print(json.dumps(asyncio.run(result), indent=2))
 
 
 if __name__ == "__main__":
