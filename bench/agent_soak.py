@@ -199,9 +199,10 @@ async def soak(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    class Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     parser.add_argument("--services", type=int, default=10_000, help="Services, one slice each")
     parser.add_argument("--rate", type=float, default=50.0, help="slice changes per second")
     parser.add_argument("--seconds", type=float, default=1800.0, help="how long the churn runs")
