@@ -12,13 +12,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp.web
+import kopf
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kopf._cogs.clients import auth
+from kopf._cogs.structs.credentials import Vault
 
 from ipvs_reaper.cluster.cache import Parsed
 from ipvs_reaper.cluster.reflector import Reflector, ReflectorTiming, read_page
-from ipvs_reaper.cluster.watch_api import Collection, Gone, list_params, watch_params
+from ipvs_reaper.cluster.watch_api import Collection, Gone, KopfApi, list_params, watch_params
 from ipvs_reaper.errors import ApiFailure
 
 SLICES = Collection("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices")
@@ -316,3 +320,32 @@ def test_after_any_script_the_view_is_the_servers_and_only_410s_list_again(
     assert reflector.listings == 1 + gones
     # Every watch resumes from the newest version the reflector was sent: nothing skipped, nothing older.
     assert all(since == str(delivered) for since, delivered in server.resumed)
+
+
+async def test_a_watch_answer_nested_too_deeply_is_an_api_failure() -> None:
+    """A garbage watch line must end that watch request, not the agent's loop (json.loads raises
+    RecursionError, which is no ValueError)."""
+
+    async def deep(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"[" * 100_000 + b"\n")
+        return response
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/apis/discovery.k8s.io/v1/endpointslices", deep)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        vault = Vault()
+        await vault.populate({"test": kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}")})
+        auth.vault_var.set(vault)
+        api = KopfApi(kopf.OperatorSettings())
+        with pytest.raises(ApiFailure):
+            async for _ in api.watch(SLICES, "1"):
+                pass
+    finally:
+        await runner.cleanup()

@@ -98,8 +98,9 @@ def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-# What a request can fail with, short of a bug: the transport, the server's status, a body that is not JSON.
-_FAILURES = (aiohttp.ClientError, TimeoutError, OSError, kopf_errors.APIError, ValueError)
+# What a request can fail with, short of a bug: the transport, the server's status, a body that is not JSON
+# (or nested deeper than the decoder can follow).
+_FAILURES = (aiohttp.ClientError, TimeoutError, OSError, kopf_errors.APIError, ValueError, RecursionError)
 
 
 class KopfApi:
