@@ -347,5 +347,6 @@ async def test_a_watch_answer_nested_too_deeply_is_an_api_failure() -> None:
         with pytest.raises(ApiFailure):
             async for _ in api.watch(SLICES, "1"):
                 pass
+        await vault.close()
     finally:
         await runner.cleanup()
