@@ -150,7 +150,7 @@ class Store:
         self.listings += 1
         self.objects = {e.key.name: e.version or "" for e in entries if e.key is not None}
 
-    def event(self, kind: str, event_type: str, body: dict[str, Any]) -> None:
+    def on_event(self, kind: str, event_type: str | None, body: Any) -> None:
         name, version = body["metadata"]["name"], body["metadata"]["resourceVersion"]
         if event_type == "DELETED":
             self.objects.pop(name, None)

@@ -211,9 +211,6 @@ class Agent:
             settle_after_listing(self._release_memory)
             self.request_sweep()
 
-    def event(self, kind: str, event_type: str, body: dict[str, Any]) -> None:
-        self.on_event(kind, event_type, body)
-
     def heard(self, kind: str) -> None:
         self.cache.heard_from(kind)
 

@@ -43,7 +43,7 @@ class ReflectorSink(Protocol):
 
     def listed(self, kind: str, entries: list[Parsed], since: int) -> None: ...
 
-    def event(self, kind: str, event_type: str, body: dict[str, Any]) -> None: ...
+    def on_event(self, kind: str, event_type: str | None, body: Any) -> None: ...
 
     def heard(self, kind: str) -> None: ...
 
@@ -187,30 +187,29 @@ class Reflector:
         """Watch requests one after another from the last version seen; returns why to list again."""
         failures = 0
         interval = self._timing.relist_interval
-        self.watching = True
         # With periodic listings, the watch in progress is ended when one is due.
         due = self._clock() + interval * (1 + 0.1 * self._rng.uniform(-1, 1)) if interval > 0 else None
         while True:
+            # Up only once the server has taken the request (its OPENED item, or any event): a request still
+            # waiting for an answer could wait up to the client timeout, longer than the view may be silent.
+            self.watching = False
             try:
                 async with asyncio.timeout(None if due is None else max(0.0, due - self._clock())):
                     async for event in self._api.watch(self.collection, self.version or version):
+                        self.watching = True
                         if failures:
                             self._say_recovered(f"watching {self.kind} objects again")
                             failures = 0
-                            self.watching = True
                         self._on_event(event)
             except TimeoutError:
-                self.watching = False
                 return "interval"
             except Gone as error:
-                self.watching = False
                 self._sink.failed("watch")
                 self._sink.lost(self.kind, f"the {self.kind} watch fell behind ({error}); listing again")
                 log.info("%s: the API no longer has version %s (410): listing again", self.kind, self.version)
                 return "gone"
             except ApiFailure as error:
                 self._sink.failed("watch")
-                self.watching = False
                 if failures:
                     self._say_failing(f"watching {self.kind} objects failed, retrying: {error}")
                 else:
@@ -220,7 +219,6 @@ class Reflector:
                 continue
             self._say_recovered(f"watching {self.kind} objects again")
             failures = 0
-            self.watching = True
 
     def _on_event(self, event: dict[str, Any]) -> None:
         event_type, body = event.get("type"), event.get("object")
@@ -233,7 +231,7 @@ class Reflector:
         if event_type == "BOOKMARK":
             self._sink.heard(self.kind)
         elif event_type in ("ADDED", "MODIFIED", "DELETED"):
-            self._sink.event(self.kind, event_type, body)
+            self._sink.on_event(self.kind, event_type, body)
 
     def _say_failing(self, line: str) -> None:
         if self._failing is None:
