@@ -45,6 +45,17 @@ class EventReporter:
     def due(self, now: datetime) -> list[tuple[str, dict[str, Any]]]:
         """(namespace, Event body) for each Service whose interval has passed; they count as posted."""
         tick = self._clock()
+        # A Service posted longer ago than the interval is due whenever it next has news: forget it, or every
+        # Service that ever had a deletion stays here for the agent's life (Services come and go). Entries are
+        # only added, after their old one is gone, so the oldest come first and the scan stops at the first
+        # recent one.
+        expired = []
+        for ref, at in self._last_posted.items():
+            if tick - at < self._interval:
+                break
+            expired.append(ref)
+        for ref in expired:
+            del self._last_posted[ref]
         ready = [
             ref for ref in self._pending if tick - self._last_posted.get(ref, float("-inf")) >= self._interval
         ]

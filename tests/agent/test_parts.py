@@ -115,6 +115,22 @@ def test_events_are_one_per_service_and_held_back_within_the_interval() -> None:
     assert namespace == "a" and "deleted 1 stale" in body["message"] and "10.1.0.20" in body["message"]
 
 
+def test_the_reporter_forgets_services_once_their_interval_has_passed() -> None:
+    tick = [0.0]
+    reporter = EventReporter("node-a", interval=60, clock=lambda: tick[0])
+    for i in range(1000):  # a cluster whose Services come and go: each had one deletion
+        tick[0] = i * 0.1
+        reporter.add([_record(f"ns/svc-{i}", "10.1.0.1")])
+        assert len(reporter.due(T0)) == 1
+    tick[0] = 100.0  # Services posted before 40 s are forgotten; the later ones still hold back news
+    reporter.add([_record("ns/svc-999", "10.1.0.2"), _record("ns/svc-0", "10.1.0.2")])
+    assert [body["involvedObject"]["name"] for _, body in reporter.due(T0)] == ["svc-0"]
+    assert len(reporter._last_posted) == 600
+    tick[0] = 160.0
+    assert [body["involvedObject"]["name"] for _, body in reporter.due(T0)] == ["svc-999"]
+    assert list(reporter._last_posted) == ["ns/svc-999"]  # svc-0, posted at 100 s, is forgotten too
+
+
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
