@@ -22,7 +22,7 @@ from ipvs_reaper.ipvs.backend import IpvsBackend
 from ipvs_reaper.kernel.sysctl import EXPIRE_NODEST_CONN, SysctlError, Sysctls
 from ipvs_reaper.mapping import EndpointState
 from ipvs_reaper.planner import Action, Plan, SweepInputs, plan_sweep
-from ipvs_reaper.values import IpvsTable, RealServer, VirtualKey, VirtualService
+from ipvs_reaper.values import IpvsTable, RealKey, RealServer, VirtualKey, VirtualService
 
 _UNWANTED = (EndpointState.GONE, EndpointState.TERMINATING, EndpointState.NOT_READY)
 
@@ -83,7 +83,7 @@ class Reconciler:
         """Decide for every weight-0 real server of `table`; `cluster` needs to cover only their virtual
         services (see `weight_zero_services`)."""
         result = self._run(table, cluster, config, node_total=None, describe_weighted=False)
-        self._first_seen.update(None, result.plan.first_seen)
+        self._first_seen.update(None, _clocks_still_running(result))
         return result
 
     def reconcile(self, keys: Iterable[VirtualKey], cluster: ClusterState, config: Config) -> ReconcileResult:
@@ -99,7 +99,7 @@ class Reconciler:
         table = IpvsTable(tuple(services), tuple(real_servers))
         # Weighted real servers are described too, to find those kube-proxy has yet to set to weight 0.
         result = self._run(table, cluster, config, self.node_real_servers, describe_weighted=True)
-        self._first_seen.update(wanted, result.plan.first_seen)
+        self._first_seen.update(wanted, _clocks_still_running(result))
         return result
 
     def _run(
@@ -156,3 +156,15 @@ class Reconciler:
         while self._deletions and self._deletions[0] < horizon:
             self._deletions.popleft()
         return len(self._deletions)
+
+
+def _clocks_still_running(result: ReconcileResult) -> dict[RealKey, datetime]:
+    """The plan's first-seen times less the real servers now gone: a clock kept for a deleted one would be
+    carried, until the next sweep, by an equal real server kube-proxy adds at weight 0, and cut its grace short
+    (and the clocks of a busy rollout piled up between sweeps)."""
+    gone = {
+        r.decision.real_server.key
+        for r in result.applied.records
+        if r.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE)
+    }
+    return {key: when for key, when in result.plan.first_seen.items() if key not in gone}

@@ -205,6 +205,35 @@ def test_small_reconciles_add_up_in_the_breaker() -> None:
     assert result.plan.refusal is None and len(fake.deleted) == 10
 
 
+def test_a_deleted_real_servers_clock_goes_with_it() -> None:
+    # Reaped after its grace, then an equal real server appears at weight 0: its grace starts again.
+    rs = real(WEB, "10.1.0.2", 8080, weight=0)
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), rs))
+    now = [T0]
+    reconciler = Reconciler(
+        node_name="node-a",
+        backend=fake,
+        sysctls=FakeSysctls({"expire_nodest_conn": 1}),
+        first_seen=FirstSeen(),
+        dry_run=False,
+        clock=lambda: now[0],
+        recorder=lambda _r: None,
+        breaker_window=60,
+    )
+    config = parse_config({"policy": {"gone": {"reap": "always", "graceSeconds": 30}}})
+    reconciler.reconcile({WEB}, _cluster("10.1.0.1"), config)
+    now[0] = T0 + timedelta(seconds=30)
+    reconciler.reconcile({WEB}, _cluster("10.1.0.1"), config)
+    assert fake.deleted == [rs.key]
+    fake.put(rs)
+    now[0] = T0 + timedelta(seconds=31)
+    result = reconciler.reconcile({WEB}, _cluster("10.1.0.1"), config)
+    assert fake.deleted == [rs.key] and result.due == {WEB: now[0] + timedelta(seconds=30)}
+    now[0] = T0 + timedelta(seconds=32)
+    reconciler.sweep_table(fake.read_table(), _cluster("10.1.0.1"), config)  # a sweep keeps the new clock
+    assert reconciler.reconcile({WEB}, _cluster("10.1.0.1"), config).due == {WEB: T0 + timedelta(seconds=61)}
+
+
 def test_a_reconcile_says_when_each_waiting_virtual_service_becomes_due() -> None:
     fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=0)))
     reconciler, _ = _reconciler(fake)
