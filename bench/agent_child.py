@@ -1,11 +1,14 @@
 """The agent under benchmark, in a process of its own (so its RSS and CPU are its own): the real `run_agent`
 against the emulator, with a fake IPVS table matching the benchmark's cluster. Prints one JSON line when
 ready and one per deleted real server, with CLOCK_MONOTONIC times (shared by every process on the host).
-BENCH_DOCTOR_INTERVAL=0 in the environment turns the doctor pass off, to measure what it costs."""
+BENCH_DOCTOR_INTERVAL=0 in the environment turns the doctor pass off, to measure what it costs;
+BENCH_TRACEMALLOC=FILE writes where memory grew since ready into FILE every minute."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import ipaddress
 import json
@@ -15,14 +18,15 @@ import signal
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.agent_cluster import ENDPOINTS, cluster_ip, fake_table, pod_ip
+from bench.agent_cluster import cluster_ip, fake_table
 from ipvs_reaper.cli import without_the_official_client
 from ipvs_reaper.ipvs.fake import FakeIpvs
-from ipvs_reaper.values import Protocol, RealKey, RealServer, VirtualKey
+from ipvs_reaper.values import Protocol, RealServer, VirtualKey
 
 
 def _rss_mib() -> float:
@@ -70,17 +74,57 @@ def fake_kube_proxy(fake: FakeIpvs, services: int) -> Callable[[dict[str, Any]],
     """What kube-proxy does with a slice event, before the agent sees it: a real server per endpoint, weight 1
     while its endpoint is listed, weight 0 once it is not (the soak's churn removes and restores one)."""
 
+    # The table's own key objects, taken before ready: a new key per write would be the benchmark's growth in
+    # the agent's process (a deleted key comes back as an equal one; the kernel's table is not in our heap).
+    keys = {virtual: tuple(group) for virtual, group in fake.real_servers.of.items()}
+
     def apply(body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]  # svc-{i}-abcde
         i = int(name.split("-")[1])
         virtual = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address(cluster_ip(i)), 80)
         listed = {a for e in body.get("endpoints", []) for a in e.get("addresses", [])}
-        for j in range(ENDPOINTS):
-            address = pod_ip(i, j)
-            key = RealKey(virtual, ipaddress.ip_address(address), 8080)
-            fake.put(RealServer(key, "Masq", 1 if address in listed else 0, 0, 0), add=address in listed)
+        for key in keys[virtual]:
+            here = str(key.address) in listed
+            fake.put(RealServer(key, "Masq", 1 if here else 0, 0, 0), add=here)
 
     return apply
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc_mib() -> dict[str, float]:
+    """glibc's own account (mallinfo2, every arena and the mmapped blocks): what is held and what the heap
+    keeps free. Beside Python's allocated blocks it tells a leak (blocks grow) from fragmentation (RSS grows,
+    the blocks do not)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return {}
+    try:
+        mallinfo2 = ctypes.CDLL(name).mallinfo2
+    except AttributeError:  # glibc before 2.33, or not glibc
+        return {}
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return {
+        "malloc_in_use_mib": round((info.uordblks + info.hblkhd) / 2**20, 1),
+        "malloc_free_mib": round(info.fordblks / 2**20, 1),
+    }
 
 
 async def report_resources(every: float = 10.0) -> None:
@@ -92,8 +136,20 @@ async def report_resources(every: float = 10.0) -> None:
             threads=threading.active_count(),
             fds=len(os.listdir("/proc/self/fd")),
             tasks=len(asyncio.all_tasks()),
+            python_blocks=sys.getallocatedblocks(),
+            **_malloc_mib(),
         )
         await asyncio.sleep(every)
+
+
+async def trace_growth(path: Path, every: float = 60.0) -> None:
+    """Every `every` seconds, the 30 source lines whose allocations grew most since ready, into `path`
+    (BENCH_TRACEMALLOC=FILE; tracemalloc itself costs memory and time: figures of such a run are not RSS)."""
+    baseline = tracemalloc.take_snapshot()
+    while True:
+        await asyncio.sleep(every)
+        growth = tracemalloc.take_snapshot().compare_to(baseline, "lineno")[:30]
+        path.write_text("".join(f"{stat}\n" for stat in growth))
 
 
 async def main(kubeconfig: str, services: int, events: int, port: int, watch_timeout: float) -> None:
@@ -110,6 +166,7 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
     def delete(key):  # type: ignore[no-untyped-def]
         outcome = original(key)
         emit(deleted=str(key), at=time.monotonic())
+        fake.deleted.clear()  # said on stdout; kept, every deleted key would be the benchmark's growth
         return outcome
 
     fake.delete_real_server = delete  # type: ignore[method-assign]
@@ -153,8 +210,6 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
     )
     on_event = agent.on_event
     kube_proxy = fake_kube_proxy(fake, services) if os.environ.get("BENCH_SOAK") else None
-    if kube_proxy is not None:
-        probes.append(asyncio.create_task(report_resources()))
 
     def timed(kind: str, event_type: str | None, body: object) -> None:
         if kind == "EndpointSlice" and event_type == "MODIFIED":
@@ -174,6 +229,11 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
     while agent.not_ready_because():
         await asyncio.sleep(0.01)
     emit(ready=time.monotonic(), rss_mib=round(_rss_mib(), 1))
+    if kube_proxy is not None:
+        # From ready: the soak's first sample is the agent holding the whole view, not one still listing.
+        probes.append(asyncio.create_task(report_resources()))
+    if tracemalloc.is_tracing():
+        probes.append(asyncio.create_task(trace_growth(Path(os.environ["BENCH_TRACEMALLOC"]))))
     await task
     for probe in probes:
         probe.cancel()
@@ -182,5 +242,7 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     time_collections()
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        tracemalloc.start()
     without_the_official_client()
     asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])))
