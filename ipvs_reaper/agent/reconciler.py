@@ -160,7 +160,7 @@ class Reconciler:
 
 def _clocks_still_running(result: ReconcileResult) -> dict[RealKey, datetime]:
     """The plan's first-seen times less the real servers now gone: a clock kept for a deleted one would be
-    carried, until the next sweep, by an equal real server kube-proxy adds at weight 0, and cut its grace short
+    carried, until the next sweep, by an equal real server seen at weight 0 again, and cut its grace short
     (and the clocks of a busy rollout piled up between sweeps)."""
     gone = {
         r.decision.real_server.key
