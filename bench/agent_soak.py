@@ -36,6 +36,7 @@ class Seen:
     stats: list[dict[str, Any]] = field(default_factory=list)
     deleted: dict[str, int] = field(default_factory=dict)  # "-> address:port" -> deletions
     deleted_at: dict[str, list[float]] = field(default_factory=dict)
+    heard_at: dict[str, list[float]] = field(default_factory=dict)  # slice name -> the agent's handler times
     complaints: list[str] = field(default_factory=list)  # warnings, errors, tracebacks the agent logged
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -47,6 +48,8 @@ async def _stdout(stream: asyncio.StreamReader, seen: Seen) -> None:
         fields = json.loads(line)
         if "ready" in fields:
             seen.ready.set()
+        elif "event" in fields:
+            seen.heard_at.setdefault(fields["event"], []).append(fields["at"])
         elif "stats" in fields:
             seen.stats.append(fields)
         elif "deleted" in fields:
@@ -124,6 +127,7 @@ async def soak(
                 await asyncio.wait_for(seen.ready.wait(), 300)
                 await asyncio.wait_for(_subscribed(api, "endpointslices"), 300)
                 removed: dict[str, int] = {}
+                slice_of: dict[str, str] = {}
                 removed_at: dict[str, list[float]] = {}
                 changes = 0
                 started = time.monotonic()
@@ -151,6 +155,7 @@ async def soak(
                         task.add_done_callback(in_flight.discard)
                         if remove:
                             key = f"-> {pod_ip(i, ENDPOINTS - 1)}:8080"
+                            slice_of[key] = meta["name"]
                             removed[key] = removed.get(key, 0) + 1
                             removed_at.setdefault(key, []).append(time.monotonic())
                         changes += 1
@@ -176,6 +181,14 @@ async def soak(
                     for key, times in removed_at.items()
                     for at, done in zip(times, seen.deleted_at.get(key, []), strict=False)
                 )
+                # The agent's own part: from its handler taking the slice event to the deletion (the last
+                # event of that slice before it), without the emulator's queue.
+                in_agent = sorted(
+                    done - max(heard)
+                    for key, times in seen.deleted_at.items()
+                    for done in times
+                    if (heard := [at for at in seen.heard_at.get(slice_of.get(key, ""), []) if at <= done])
+                )
                 return {
                     "services": services,
                     "rate_per_s": round(changes / elapsed, 1),
@@ -191,6 +204,11 @@ async def soak(
                         round(1000 * waits[int(q * (len(waits) - 1))], 1) for q in (0.5, 0.99, 1.0)
                     ]
                     if waits
+                    else [],
+                    "handler_to_deletion_p50_p99_max_ms": [
+                        round(1000 * in_agent[int(q * (len(in_agent) - 1))], 1) for q in (0.5, 0.99, 1.0)
+                    ]
+                    if in_agent
                     else [],
                     "complaints": seen.complaints[:20],
                     "rss_mib": _trend(seen.stats, "rss_mib"),
