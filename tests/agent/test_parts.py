@@ -4,6 +4,7 @@ rate-limited, flags checked, follow-ups and breaker counts of the reconciler."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -148,7 +149,9 @@ def test_flags_are_checked() -> None:
         options_from_args(_parse("--sweep-interval", "0"))
 
 
-def _reconciler(fake: FakeIpvs, window: float = 60) -> tuple[Reconciler, list[float]]:
+def _reconciler(
+    fake: FakeIpvs, window: float = 60, clock: Callable[[], datetime] = lambda: T0
+) -> tuple[Reconciler, list[float]]:
     tick = [0.0]
     reconciler = Reconciler(
         node_name="node-a",
@@ -156,7 +159,7 @@ def _reconciler(fake: FakeIpvs, window: float = 60) -> tuple[Reconciler, list[fl
         sysctls=FakeSysctls({"expire_nodest_conn": 1}),
         first_seen=FirstSeen(),
         dry_run=False,
-        clock=lambda: T0,
+        clock=clock,
         recorder=lambda _r: None,
         breaker_window=window,
         monotonic=lambda: tick[0],
@@ -210,16 +213,7 @@ def test_a_deleted_real_servers_clock_goes_with_it() -> None:
     rs = real(WEB, "10.1.0.2", 8080, weight=0)
     fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), rs))
     now = [T0]
-    reconciler = Reconciler(
-        node_name="node-a",
-        backend=fake,
-        sysctls=FakeSysctls({"expire_nodest_conn": 1}),
-        first_seen=FirstSeen(),
-        dry_run=False,
-        clock=lambda: now[0],
-        recorder=lambda _r: None,
-        breaker_window=60,
-    )
+    reconciler, _ = _reconciler(fake, clock=lambda: now[0])
     config = parse_config({"policy": {"gone": {"reap": "always", "graceSeconds": 30}}})
     reconciler.reconcile({WEB}, _cluster("10.1.0.1"), config)
     now[0] = T0 + timedelta(seconds=30)
