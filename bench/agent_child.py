@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import ipaddress
 import json
@@ -108,18 +109,27 @@ class _Mallinfo2(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
+    # Looked up once: find_library runs ldconfig in a child process.
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        mallinfo2 = ctypes.CDLL(name).mallinfo2
+    except AttributeError:  # glibc before 2.33, or not glibc
+        return None
+    mallinfo2.restype = _Mallinfo2
+    return mallinfo2
+
+
 def _malloc_mib() -> dict[str, float]:
     """glibc's own account (mallinfo2, every arena and the mmapped blocks): what is held and what the heap
     keeps free. Beside Python's allocated blocks it tells a leak (blocks grow) from fragmentation (RSS grows,
     the blocks do not)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
         return {}
-    try:
-        mallinfo2 = ctypes.CDLL(name).mallinfo2
-    except AttributeError:  # glibc before 2.33, or not glibc
-        return {}
-    mallinfo2.restype = _Mallinfo2
     info = mallinfo2()
     return {
         "malloc_in_use_mib": round((info.uordblks + info.hblkhd) / 2**20, 1),
