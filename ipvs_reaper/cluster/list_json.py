@@ -1,7 +1,7 @@
 """A Kubernetes List decoded one item at a time.
 
 `json.loads` of a listing holds every item as Python objects at once: for 10,000 EndpointSlices (an 8 MB
-answer, and a listing from the API server's watch cache is not paginated but in recent releases) that is
+answer, and a listing from the API server's watch cache is paginated only in recent releases) that is
 several times the answer's size, which the process keeps as its resident size afterwards. Here each item is
 decoded and handed on before the next, so only the text and one item are held.
 """
