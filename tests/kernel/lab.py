@@ -105,6 +105,11 @@ class Lab:
         failure cannot cascade into the next test's setup."""
         steps: list[Callable[[], object]] = [server.kill for server in self._servers]
         steps.append(partial(sh, "ipvsadm", "-C"))
+        # A veth whose namespace is deleted goes only when the kernel's cleanup work gets to it, after
+        # `ip netns del` returned; deleting the node's end takes the pair at once, before the next test looks.
+        for index in range(len(self._pods)):
+            if Path(f"/sys/class/net/veth{index}").exists():
+                steps.append(partial(sh, "ip", "link", "del", f"veth{index}"))
         for listed in sh("ip", "netns", "list").splitlines():
             steps.append(partial(sh, "ip", "netns", "del", listed.split()[0]))
         if Path("/sys/class/net/kube-ipvs0").exists():
@@ -116,6 +121,9 @@ class Lab:
                 step()
             except (AssertionError, OSError) as error:
                 failures.append(str(error))
+        left = sorted(path.name for path in Path("/sys/class/net").iterdir() if path.name.startswith("veth"))
+        if left:
+            failures.append(f"interfaces still there: {', '.join(left)}")
         if failures:
             raise AssertionError("teardown left the node dirty: " + "; ".join(failures))
 
