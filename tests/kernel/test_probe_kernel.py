@@ -77,5 +77,8 @@ def test_killed_probe_leaves_nothing_behind(lab: Lab) -> None:
     time.sleep(1.0)  # well inside a row: interfaces, IPVS service and sockets exist
     os.kill(probe.pid, signal.SIGKILL)
     probe.wait(timeout=30)
-    time.sleep(1.0)  # namespaces are torn down asynchronously after the last reference goes
+    # Namespaces are torn down asynchronously after the last reference goes: wait for it, not a guessed time.
+    deadline = time.monotonic() + 30
+    while node_state(lab) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert node_state(lab) == before
