@@ -44,6 +44,7 @@ from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text, read_live_facts
 from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
 from ipvs_reaper.logs import configure_logging
+from ipvs_reaper.mapping import services_without_slices
 from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules, read_rule_files
 from ipvs_reaper.planner import Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.report import ScanReport, results_json, results_table, scan_json, scan_table
@@ -233,6 +234,17 @@ def _check_stdin(args: argparse.Namespace) -> None:
         raise InputError(f"only one input can be read from standard input, not {' and '.join(named)}")
 
 
+def _view_warnings(cluster: ClusterState) -> list[str]:
+    missing = services_without_slices(cluster) if cluster.usable else ()
+    if not missing:
+        return []
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return [
+        f"{len(missing)} Service(s) with a selector have no EndpointSlice in the cluster state, so their "
+        f"endpoints are unknown and their real servers kept (an export of some namespaces' slices?): {shown}"
+    ]
+
+
 def _node_warnings(node: str, cluster: ClusterState, local: tuple[IPAddress, ...]) -> list[str]:
     if not cluster.usable or cluster.node(node) is not None:
         return []
@@ -299,7 +311,7 @@ def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
         cluster = load_cluster_file(args.cluster_state)
     else:
         cluster = load_cluster_api(node, args.kubeconfig)
-    warnings = [*_node_warnings(node, cluster, local), *cluster.broken.values()]
+    warnings = [*_node_warnings(node, cluster, local), *_view_warnings(cluster), *cluster.broken.values()]
     if address_warning is not None:
         warnings.insert(0, address_warning)
     return Gathered(

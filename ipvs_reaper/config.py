@@ -129,11 +129,14 @@ class Config:
     # of the node, kube-proxy's default. Set it as kube-proxy's is set, or a virtual service of another IPVS
     # user on an address kube-proxy leaves alone could be taken for a NodePort.
     node_port_networks: tuple[IPNetwork, ...] = ()
+    # kube-proxy's ipvs.excludeCIDRs: ranges where other IPVS users live, whose virtual services kube-proxy's
+    # cleanup leaves alone. The reaper never touches a virtual service in them.
+    exclude_networks: tuple[IPNetwork, ...] = ()
 
 
 STATE_KEYS = {"gone": "gone", "terminating": "terminating", "notReady": "not_ready"}
 RULE_KEYS = {"reap", "graceSeconds", "maxWaitSeconds"}
-TOP_KEYS = {"policy", "namespaces", "expireNodestConn", "breaker", "nodePortAddresses"}
+TOP_KEYS = {"policy", "namespaces", "expireNodestConn", "breaker", "nodePortAddresses", "excludeCIDRs"}
 BREAKER_KEYS = {"maxShare", "minDeletions", "maxPerSweep"}
 # Bounds for every number, so no value (a typo, or a tenant's annotation) can overflow date arithmetic or
 # stand for "for ever": a year is longer than any sane grace, and `reap: never` or `maxWaitSeconds: null`
@@ -296,19 +299,20 @@ _IPV6 = "|".join(
         f":((:{_H}){{1,7}}|:)",
     )
 )
-# A CIDR as kube-proxy's --nodeport-addresses takes it (the prefix may be left out: one address). Spelled
-# out as a pattern, not only parsed, so the chart's schema can say exactly the same (no IPv4-in-IPv6 forms).
+# A CIDR as kube-proxy's --nodeport-addresses and ipvs.excludeCIDRs take it (the prefix may be left out: one
+# address). Spelled out as a pattern, not only parsed, so the chart's schema can say exactly the same (no
+# IPv4-in-IPv6 forms).
 CIDR_PATTERN = f"^(({_IPV4})(/(3[0-2]|[12]?[0-9]))?|({_IPV6})(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$"
 _CIDR = re.compile(CIDR_PATTERN)
 
 
-def _networks(raw: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
-    value = raw.get("nodePortAddresses")
+def _networks(raw: Mapping[str, Any], key: str) -> tuple[IPNetwork, ...]:
+    value = raw.get(key)
     if value is None:
         return ()
-    line = _line(raw, "nodePortAddresses")
+    line = _line(raw, key)
     if not isinstance(value, list) or not value:
-        raise _Invalid("nodePortAddresses", f"expected a list of CIDRs, got {_shown(value)}", line)
+        raise _Invalid(key, f"expected a list of CIDRs, got {_shown(value)}", line)
     networks = []
     for i, text in enumerate(value):
         try:
@@ -317,7 +321,7 @@ def _networks(raw: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
             raise _Invalid(
-                f"nodePortAddresses[{i}]", f"expected a CIDR such as 192.168.0.0/16, got {_shown(text)}", line
+                f"{key}[{i}]", f"expected a CIDR such as 192.168.0.0/16, got {_shown(text)}", line
             ) from None
     return tuple(networks)
 
@@ -342,7 +346,8 @@ def _config(document: Any) -> Config:
         if "expireNodestConn" in raw
         else SysctlMode.ENFORCE,
         breaker=_breaker(breaker_raw),
-        node_port_networks=_networks(raw),
+        node_port_networks=_networks(raw, "nodePortAddresses"),
+        exclude_networks=_networks(raw, "excludeCIDRs"),
     )
 
 

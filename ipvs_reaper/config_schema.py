@@ -50,6 +50,15 @@ def _policy() -> dict[str, Any]:
     }
 
 
+def _cidrs() -> dict[str, Any]:
+    return {
+        "oneOf": [
+            {"type": "null"},
+            {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": CIDR_PATTERN}},
+        ]
+    }
+
+
 def config_schema() -> dict[str, Any]:
     """Self-contained (no `$ref`): it is embedded in the chart's values schema, whose root `#` is not this."""
     return {
@@ -69,12 +78,8 @@ def config_schema() -> dict[str, Any]:
                     "maxPerSweep": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
                 },
             },
-            "nodePortAddresses": {
-                "oneOf": [
-                    {"type": "null"},
-                    {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": CIDR_PATTERN}},
-                ]
-            },
+            "nodePortAddresses": _cidrs(),
+            "excludeCIDRs": _cidrs(),
         },
     }
 

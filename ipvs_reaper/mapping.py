@@ -1,9 +1,12 @@
-"""Maps IPVS virtual services to Service ports, and real servers to the state of their endpoint.
+"""The one model of kube-proxy's IPVS table: which virtual services it builds for which Service port on this
+node, and the state of each real server's endpoint. `scan`, `reap --once`, the agent's cache and the doctor
+all read it from here; docs/kube-proxy-fidelity.md gives each rule with its place in kube-proxy's source.
 
-Built the way kube-proxy builds its table, in reverse: a Service port becomes a virtual service on each
-ClusterIP, on each of this node's addresses at its NodePort, on each externalIP and on each load-balancer
-ingress IP; its real servers are the endpoints of the Service's slices at the slice port with the same
-name and protocol.
+A Service port stands on several addresses (its fronts): its ClusterIP, its externalIPs, its load-balancer
+ingress IPs and, with a NodePort, the node's own addresses. kube-proxy builds a virtual service on a front
+only when it proxies the Service at all (not ExternalName, not headless, no excluding label), only in the
+families the Service has a ClusterIP of, and only for ingress IPs in VIP mode. A front it does not build may
+be another IPVS user's (keepalived, kube-vip, another service proxy): it is kept, with the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +30,23 @@ class EndpointState(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+class FrontKind(enum.StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    EXTERNAL_IP = "externalIP"
+    LOAD_BALANCER = "load-balancer ingress IP"
+    NODE_PORT = "NodePort"
+
+
+@dataclass(frozen=True, slots=True)
+class Front:
+    """One address:port a Service port stands on, and whether kube-proxy builds a virtual service there."""
+
+    key: VirtualKey
+    port: ServicePort
+    kind: FrontKind
+    skipped: str | None = None  # why kube-proxy builds nothing here; None: it builds it
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     service: Service
@@ -42,6 +62,95 @@ class EndpointStatus:
 _GONE = EndpointStatus(EndpointState.GONE)
 _UNMAPPED = EndpointStatus(EndpointState.UNMAPPED)
 UNKNOWN_STATUS = EndpointStatus(EndpointState.UNKNOWN)
+FAMILIES = (4, 6)
+
+
+def _service_skipped(service: Service) -> str | None:
+    """Why kube-proxy proxies none of the Service (ShouldSkipService, its informers' label selector)."""
+    if service.excluding_label is not None:
+        return f"labelled {service.excluding_label}: kube-proxy does not watch it"
+    if service.type == "ExternalName":
+        return "ExternalName Services are not proxied"
+    if not service.cluster_ips:
+        return "headless Services (no ClusterIP) are not proxied"
+    return None
+
+
+def cluster_ip_of_family(service: Service, family: int) -> IPAddress | None:
+    """kube-proxy's GetClusterIPByFamily: `ipFamilies[i]` names `clusterIPs[i]`; without ipFamilies, the one
+    ClusterIP in its own family."""
+    if not service.ip_families:
+        first = service.cluster_ips[0] if service.cluster_ips else None
+        return first if first is not None and first.version == family else None
+    for index, named in enumerate(service.ip_families):
+        if named == family and index < len(service.cluster_ips):
+            address = service.cluster_ips[index]
+            # kube-proxy would take the address whatever its family; the API never writes such a pair, and an
+            # address in the wrong family's table is nothing kube-proxy could have built.
+            return address if address.version == family else None
+    return None
+
+
+def _ingress_skipped(mode: str | None) -> str | None:
+    # IsVIPMode: no ipMode is VIP. Before LoadBalancerIPMode was on by default (1.30) kube-proxy built Proxy
+    # ingresses too; not claiming them keeps more.
+    if mode is None or mode == "VIP":
+        return None
+    return f"load-balancer ingress with ipMode {mode}: the load balancer proxies, kube-proxy builds nothing"
+
+
+def service_fronts(service: Service, node_addresses: Iterable[IPAddress]) -> Iterator[Front]:
+    """Every address:port of `service` on a node with these NodePort addresses, built by kube-proxy or not."""
+    node_addresses = tuple(node_addresses)
+    whole = _service_skipped(service)
+    if whole is not None:
+        for port in service.ports:
+            for address in service.cluster_ips:
+                yield Front(
+                    VirtualKey.inet(port.protocol, address, port.port), port, FrontKind.CLUSTER_IP, whole
+                )
+    for family in FAMILIES:
+        cluster_ip = cluster_ip_of_family(service, family) if whole is None else None
+        no_cluster_ip = f"IPv{family} address of a Service with no IPv{family} ClusterIP"
+        skipped = whole or (None if cluster_ip is not None else no_cluster_ip)
+        unread = (
+            [a for a in service.cluster_ips if a.version == family and a != cluster_ip]
+            if whole is None
+            else []
+        )
+        for port in service.ports:
+            if cluster_ip is not None:
+                yield Front(VirtualKey.inet(port.protocol, cluster_ip, port.port), port, FrontKind.CLUSTER_IP)
+            for address in unread:
+                key = VirtualKey.inet(port.protocol, address, port.port)
+                yield Front(
+                    key,
+                    port,
+                    FrontKind.CLUSTER_IP,
+                    "not the ClusterIP kube-proxy reads (see spec.ipFamilies)",
+                )
+            for address in service.external_ips:
+                if address.version == family:
+                    key = VirtualKey.inet(port.protocol, address, port.port)
+                    yield Front(key, port, FrontKind.EXTERNAL_IP, skipped)
+            for ingress in service.load_balancer_ingress:
+                if ingress.ip.version == family:
+                    key = VirtualKey.inet(port.protocol, ingress.ip, port.port)
+                    yield Front(
+                        key, port, FrontKind.LOAD_BALANCER, skipped or _ingress_skipped(ingress.ip_mode)
+                    )
+            if port.node_port is not None:
+                for address in node_addresses:
+                    if address.version == family:
+                        key = VirtualKey.inet(port.protocol, address, port.node_port)
+                        yield Front(key, port, FrontKind.NODE_PORT, skipped)
+
+
+def services_without_slices(state: ClusterState) -> tuple[str, ...]:
+    """Services with a selector and no EndpointSlice in the view: whose endpoints the view does not know."""
+    with_slices = {endpoint_slice.service_ref for endpoint_slice in state.slices}
+    with_slices |= set(state.broken)  # a slice that cannot be read is still a slice
+    return tuple(s.ref for s in state.services if s.has_selector and s.ref not in with_slices)
 
 
 def _status_of(endpoint: Endpoint) -> EndpointStatus:
@@ -61,29 +170,23 @@ def _wanted_more(status: EndpointStatus) -> tuple[bool, bool, bool]:
 _EndpointKey = tuple[str, Protocol, IPAddress, int]
 
 
-def service_virtual_keys(
-    service: Service, node_addresses: Iterable[IPAddress]
-) -> Iterator[tuple[VirtualKey, ServicePort]]:
-    """Every virtual service kube-proxy builds for `service` on a node with these addresses."""
-    node_addresses = tuple(node_addresses)
-    for port in service.ports:
-        for address in (*service.cluster_ips, *service.external_ips, *service.load_balancer_ips):
-            yield VirtualKey.inet(port.protocol, address, port.port), port
-        if port.node_port is not None:
-            for address in node_addresses:
-                yield VirtualKey.inet(port.protocol, address, port.node_port), port
-
-
 class ClusterIndex:
     def __init__(self, state: ClusterState, node_name: str) -> None:
         self._targets: dict[VirtualKey, Target] = {}
         self.ambiguous: dict[VirtualKey, tuple[str, ...]] = {}
+        # Virtual services on a Service's address that kube-proxy does not build, and why.
+        self.not_built: dict[VirtualKey, str] = {}
+        self.fronts: list[tuple[Service, Front]] = []
         claims: dict[VirtualKey, list[Target]] = defaultdict(list)
         node = state.node(node_name)
         node_addresses = node.addresses if node is not None else ()
         for service in state.services:
-            for key, port in service_virtual_keys(service, node_addresses):
-                claims[key].append(Target(service, port))
+            for front in service_fronts(service, node_addresses):
+                self.fronts.append((service, front))
+                if front.skipped is None:
+                    claims[front.key].append(Target(service, front.port))
+                else:
+                    self.not_built.setdefault(front.key, f"{service.ref}'s {front.kind}, but {front.skipped}")
         for key, targets in claims.items():
             ports = {(t.service.ref, t.port.name) for t in targets}
             if len(ports) == 1:
@@ -112,6 +215,8 @@ class ClusterIndex:
         if known is not None:
             return known
         statuses: dict[_EndpointKey, EndpointStatus] = {}
+        # Every slice and every address counts, where kube-proxy reads only the first address and skips slices
+        # with an excluding label: an endpoint the API calls ready or serving is never taken for gone.
         for endpoint_slice in self._slices.get(service_ref, ()):
             for slice_port in endpoint_slice.ports:
                 for endpoint in endpoint_slice.endpoints:
@@ -127,8 +232,15 @@ class ClusterIndex:
     def target(self, virtual: VirtualKey) -> Target | None:
         return self._targets.get(virtual)
 
+    def has_no_slices(self, target: Target) -> bool:
+        """A Service with a selector always has a slice (the controller writes a placeholder): none in the
+        view means the view lacks them (a one-namespace export, or just after the Service was created)."""
+        return target.service.has_selector and not self._slices.get(target.service.ref)
+
     def endpoint_status(self, target: Target | None, address: IPAddress, port: int) -> EndpointStatus:
         if target is None:
             return _UNMAPPED
+        if self.has_no_slices(target):
+            return UNKNOWN_STATUS
         statuses = self._endpoints_of(target.service.ref)
         return statuses.get((target.port.name, target.port.protocol, address, port), _GONE)

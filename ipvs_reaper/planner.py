@@ -27,7 +27,7 @@ from ipvs_reaper.config import (
     parse_annotation,
 )
 from ipvs_reaper.mapping import UNKNOWN_STATUS, ClusterIndex, EndpointState, EndpointStatus, Target
-from ipvs_reaper.values import IpvsTable, RealKey, RealServer
+from ipvs_reaper.values import IPNetwork, IpvsTable, RealKey, RealServer
 
 
 class Action(enum.StrEnum):
@@ -166,6 +166,13 @@ def _apply_rule(
     return Action.WAIT, f"{label}: ActiveConn {rs.active_conns}, waiting for 0 (no cap)", None, False
 
 
+def _excluded(config: Config, rs: RealServer) -> IPNetwork | None:
+    address = rs.key.virtual.address
+    if address is None:
+        return None
+    return next((n for n in config.exclude_networks if n.version == address.version and address in n), None)
+
+
 def _decide(
     inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime, cache: _AnnotationCache
 ) -> Decision:
@@ -194,6 +201,9 @@ def _decide(
     if rs.weight > 0:
         return keep(f"weight {rs.weight}: kube-proxy still sends new connections here")
 
+    excluded = _excluded(inputs.config, rs)
+    if excluded is not None:
+        return keep(f"virtual service in excludeCIDRs {excluded}: another IPVS user's range, never touched")
     if target is None:
         claimants = index.ambiguous.get(rs.key.virtual)
         if claimants:
@@ -201,9 +211,14 @@ def _decide(
                 f"virtual service claimed by several Service ports ({', '.join(claimants)}): "
                 "not ours to judge"
             )
+        not_built = index.not_built.get(rs.key.virtual)
+        if not_built is not None:
+            return keep(f"{not_built}: not kube-proxy's, never touched")
         return keep("virtual service maps to no Service: not kube-proxy's, never touched")
     if unreadable:
         return keep(f"part of {service}'s cluster view is unreadable: {unreadable}")
+    if status.state is EndpointState.UNKNOWN:
+        return keep(f"{service} has a selector but no EndpointSlice in the view: its endpoints are unknown")
     if status.state is EndpointState.READY:
         return keep("endpoint is ready: an admin drain or kube-proxy lag, never reaped")
     if status.serving:

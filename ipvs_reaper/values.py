@@ -17,6 +17,18 @@ def within(addresses: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...]) ->
     return tuple(a for a in addresses if any(a.version == n.version and a in n for n in networks))
 
 
+def usable_for_node_ports(address: IPAddress) -> bool:
+    """kube-proxy builds no NodePort on loopback or IPv6 link-local (netlink_linux.go isValidForSet)."""
+    return not address.is_loopback and not (address.version == 6 and address.is_link_local)
+
+
+def node_port_addresses(
+    candidates: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...]
+) -> tuple[IPAddress, ...]:
+    """Where kube-proxy puts NodePorts among the node's addresses, narrowed by its --nodeport-addresses."""
+    return within(tuple(a for a in candidates if usable_for_node_ports(a)), networks)
+
+
 class Protocol(enum.StrEnum):
     TCP = "TCP"
     UDP = "UDP"

@@ -15,17 +15,33 @@ def service(
     external_ips: list[str] | None = None,
     lb_ips: list[str] | None = None,
     annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    selector: dict[str, str] | None = None,
+    ip_modes: list[str | None] | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"type": type_, "ports": ports}
     if cluster_ips:
         spec["clusterIP"] = cluster_ips[0]
         spec["clusterIPs"] = cluster_ips
+        # As the API writes them: one family per ClusterIP, in the same order.
+        families = ["IPv6" if ":" in ip else "IPv4" for ip in cluster_ips if ip != "None"]
+        if families:
+            spec["ipFamilies"] = families
+            spec["ipFamilyPolicy"] = "RequireDualStack" if len(families) > 1 else "SingleStack"
+    if selector:
+        spec["selector"] = selector
     if external_ips:
         spec["externalIPs"] = external_ips
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if annotations:
         metadata["annotations"] = annotations
-    status = {"loadBalancer": {"ingress": [{"ip": ip} for ip in lb_ips]} if lb_ips else {}}
+    if labels:
+        metadata["labels"] = labels
+    ingress: list[dict[str, Any]] = []
+    for i, ip in enumerate(lb_ips or ()):
+        mode = ip_modes[i] if ip_modes else None
+        ingress.append({"ip": ip} if mode is None else {"ip": ip, "ipMode": mode})
+    status = {"loadBalancer": {"ingress": ingress} if ingress else {}}
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec, "status": status}
 
 

@@ -187,7 +187,10 @@ def test_standard_input_for_one_file(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("polcy: {}\n", "c.yaml: line 1: polcy: unknown key (expected one of: breaker, expireNodestConn"),
+        (
+            "polcy: {}\n",
+            "c.yaml: line 1: polcy: unknown key (expected one of: breaker, excludeCIDRs, expireNodestConn",
+        ),
         (
             "policy:\n  gone: {reap: idle}\n  gone: {reap: always}\n",
             "c.yaml: not valid YAML: line 3: duplicate key 'gone' (first on line 2)",

@@ -109,7 +109,7 @@ def test_unnamed_port_udp_and_sctp() -> None:
     )
 
 
-def test_missing_conditions_read_as_the_api_documents() -> None:
+def test_missing_conditions_read_as_kube_proxy_reads_them() -> None:
     svc = service("a", "b", ["10.96.0.2"], [port(80)])
     sl = endpoint_slice(
         "a", "b-1", "b", [port(8080)], [endpoint("10.1.0.1", ready=None, serving=None, terminating=None)]
@@ -203,7 +203,10 @@ def test_a_garbage_slice_keeps_only_its_service_and_says_which_field(mutate: Any
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda s: s["spec"].update(clusterIPs=["None", "10.96.0.999"]), "spec.clusterIPs[1]: '10.96.0.999'"),
+        (
+            lambda s: s["spec"].update(clusterIPs=[s["spec"]["clusterIP"], "10.96.0.999"]),
+            "spec.clusterIPs[1]: '10.96.0.999'",
+        ),
         (lambda s: s["spec"].update(externalIPs=[7]), "spec.externalIPs[0]: expected an IP address string"),
         (lambda s: s["spec"]["ports"].append("80"), "spec.ports[1]: expected an object"),
         (lambda s: s["spec"]["ports"][0].update(port=0), "spec.ports[0].port: expected a port number"),

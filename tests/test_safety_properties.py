@@ -1,7 +1,9 @@
 """The safety rule, proven over generated tables and cluster states.
 
-The oracle below decides which real servers the cluster still wants straight from the raw objects, with
-plain loops and none of the product's mapping code, so a mapping bug cannot hide itself.
+Which real servers the cluster still wants is decided by `tests/kube_proxy_oracle.py`, a model of kube-proxy
+written from its source by someone who had not read the product's mapping code, so a mapping bug cannot hide
+itself. The policy, breaker, sysctl and actor rules are checked here; kube-proxy's own corners in
+`test_kube_proxy_fidelity.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
 from ipvs_reaper.planner import Action, Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
+from tests import kube_proxy_oracle as oracle
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 POD_IPS = ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4", "fd00::1", "fd00::2"]
@@ -60,14 +63,16 @@ def service_objects(draw: st.DrawFn) -> dict[str, Any]:
     metadata: dict[str, Any] = {"namespace": namespace, "name": name}
     if annotation is not None:
         metadata["annotations"] = {"ipvs-reaper.io/policy": annotation}
+    spec: dict[str, Any] = {"externalIPs": draw(st.lists(st.sampled_from(VIPS), max_size=1)), "ports": ports}
+    cluster_ips = draw(st.lists(st.sampled_from([*VIPS, "None"]), max_size=2, unique=True))
+    if cluster_ips:
+        # As the API writes them: clusterIP is the first, ipFamilies names each (a headless "None" the first).
+        families = ["IPv6" if ":" in ip else "IPv4" for ip in cluster_ips if ip != "None"]
+        spec.update(clusterIP=cluster_ips[0], clusterIPs=cluster_ips, ipFamilies=families or ["IPv4"])
     return {
         "kind": "Service",
         "metadata": metadata,
-        "spec": {
-            "clusterIPs": draw(st.lists(st.sampled_from([*VIPS, "None"]), max_size=2, unique=True)),
-            "externalIPs": draw(st.lists(st.sampled_from(VIPS), max_size=1)),
-            "ports": ports,
-        },
+        "spec": spec,
         "status": {
             "loadBalancer": {
                 "ingress": [{"ip": ip} for ip in draw(st.lists(st.sampled_from(VIPS), max_size=1))]
@@ -138,7 +143,9 @@ def _claimable_keys(items: list[dict[str, Any]]) -> dict[VirtualKey, set[Service
         if item["kind"] != "Service":
             continue
         ref = (item["metadata"]["namespace"], item["metadata"]["name"])
-        fronts = [ip for ip in item["spec"]["clusterIPs"] if ip != "None"] + item["spec"]["externalIPs"]
+        fronts = [ip for ip in item["spec"].get("clusterIPs", []) if ip != "None"] + item["spec"][
+            "externalIPs"
+        ]
         fronts += [i["ip"] for i in item["status"]["loadBalancer"]["ingress"]]
         for p in item["spec"]["ports"]:
             protocol = Protocol(p["protocol"])
@@ -268,60 +275,23 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 def oracle_wanted(
     items: list[dict[str, Any]], rs: RealServer, local: tuple[str, ...] = (), networks: tuple[str, ...] = ()
 ) -> bool:
-    """True when the cluster, read naively from its raw objects, may still want this real server."""
+    """True when the cluster may still want this real server: kube-proxy did not build its virtual service,
+    several Service ports build it, or kube-proxy reads its endpoint as ready or serving."""
     if rs.weight > 0:
         return True
     kinds = {item["kind"] for item in items}
-    if "Service" not in kinds or "EndpointSlice" not in kinds:
+    if "Service" not in kinds or "EndpointSlice" not in kinds or rs.key.virtual.address is None:
         return True
-    vip = rs.key.virtual
-    node_ips = {a["address"] for item in items if item["kind"] == "Node" for a in item["status"]["addresses"]}
-    node_ips |= set(local)
-    if networks:  # kube-proxy's --nodeport-addresses: NodePorts only on addresses inside them
-        node_ips = {
-            ip
-            for ip in node_ips
-            if any(ipaddress.ip_address(ip) in ipaddress.ip_network(n) for n in networks)
-        }
-    claims = []  # (namespace, name, port name, protocol)
-    for item in items:
-        if item["kind"] != "Service" or vip.address is None:
-            continue
-        spec = item["spec"]
-        front_ips = {ip for ip in spec["clusterIPs"] if ip != "None"} | set(spec["externalIPs"])
-        front_ips |= {i["ip"] for i in item["status"]["loadBalancer"]["ingress"]}
-        for p in spec["ports"]:
-            if p["protocol"] != vip.protocol.value:
-                continue
-            front = (
-                str(vip.address) in {str(ipaddress.ip_address(ip)) for ip in front_ips}
-                and vip.port == p["port"]
-            )
-            node_port = str(vip.address) in node_ips and vip.port == p.get("nodePort")
-            if front or node_port:
-                meta = item["metadata"]
-                claims.append((meta["namespace"], meta["name"], p["name"], p["protocol"]))
-    if len({(c[0], c[1]) for c in claims}) != 1:
-        return True  # not mapped, or mapped to several Services
-    for namespace, name, port_name, protocol in claims:
-        for item in items:
-            meta = item["metadata"]
-            if item["kind"] != "EndpointSlice" or meta["namespace"] != namespace:
-                continue
-            if meta["labels"]["kubernetes.io/service-name"] != name:
-                continue
-            if not any(
-                p["name"] == port_name and p["protocol"] == protocol and p["port"] == rs.key.port
-                for p in item["ports"]
-            ):
-                continue
-            for endpoint in item["endpoints"]:
-                if ipaddress.ip_address(endpoint["addresses"][0]) != rs.key.address:
-                    continue
-                ready = endpoint["conditions"].get("ready", True)
-                if ready or endpoint["conditions"].get("serving", ready):
-                    return True
-    return False
+    # Without the interfaces, the Node's InternalIP is the one address surely the node's.
+    node_ips = tuple(
+        a["address"] for item in items if item["kind"] == "Node" for a in item["status"]["addresses"]
+    )
+    node = oracle.NodeSetup("node-a", frozenset({4, 6}), local or node_ips, node_port_cidrs=networks)
+    virtual = (rs.key.virtual.protocol.value, str(rs.key.virtual.address), rs.key.virtual.port)
+    builders = oracle.virtual_services(items, node).get(virtual, set())
+    if len(builders) != 1:
+        return True
+    return (str(rs.key.address), rs.key.port) in oracle.wanted_real_servers(items, node, virtual)
 
 
 def check_plan_invariants(scenario: Scenario, plan: Plan) -> None:

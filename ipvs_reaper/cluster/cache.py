@@ -33,8 +33,8 @@ from ipvs_reaper.cluster.parse import (
     parse_node,
     parse_service,
 )
-from ipvs_reaper.mapping import service_virtual_keys
-from ipvs_reaper.values import IPAddress, IPNetwork, VirtualKey, within
+from ipvs_reaper.mapping import service_fronts
+from ipvs_reaper.values import IPAddress, IPNetwork, VirtualKey, node_port_addresses
 
 SERVICE, ENDPOINT_SLICE, NODE = "Service", "EndpointSlice", "Node"
 KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
@@ -127,7 +127,7 @@ class ClusterCache:
         self._services: dict[ObjectKey, Service] = {}
         self._slices: dict[ObjectKey, EndpointSlice] = {}
         self._node: Node | None = None
-        # The node's interface addresses (kube-proxy's NodePort addresses), added to the Node's own.
+        # The node's interface addresses (kube-proxy's NodePort addresses); until read, the Node's stand in.
         self._local_addresses: tuple[IPAddress, ...] = ()
         # kube-proxy's --nodeport-addresses, from the config: NodePorts only on addresses in these.
         self._node_port_networks: tuple[IPNetwork, ...] = ()
@@ -438,12 +438,15 @@ class ClusterCache:
             self._restore(entry.key, entry.held, entry.version)
 
     def _node_addresses(self) -> tuple[IPAddress, ...]:
+        # kube-proxy puts NodePorts on the interfaces' addresses, not the Node object's: those stand in only
+        # while the interfaces could not be read.
         own = self._node.addresses if self._node is not None else ()
-        return within((*own, *(a for a in self._local_addresses if a not in own)), self._node_port_networks)
+        return node_port_addresses(self._local_addresses or own, self._node_port_networks)
 
     def _put_service(self, key: ObjectKey, service: Service) -> None:
         self._services[key] = service
-        keys = tuple({virtual for virtual, _ in service_virtual_keys(service, self._node_addresses())})
+        # Fronts kube-proxy does not build count too: their reason for being kept names this Service.
+        keys = tuple({front.key for front in service_fronts(service, self._node_addresses())})
         self._service_keys[key] = keys
         for virtual in keys:
             _add(self._claims, virtual, key)

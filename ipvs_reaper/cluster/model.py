@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ipvs_reaper.values import IPAddress, IPNetwork, Protocol, within
+from ipvs_reaper.values import IPAddress, IPNetwork, Protocol, node_port_addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,25 +17,43 @@ class ServicePort:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadBalancerIngress:
+    ip: IPAddress
+    ip_mode: str | None  # status.loadBalancer.ingress[].ipMode as written; None when absent
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
+    """A Service's fields as written; which ones kube-proxy builds virtual services on is `mapping`'s call."""
+
     namespace: str
     name: str
-    cluster_ips: tuple[IPAddress, ...]  # empty for headless and ExternalName Services
+    cluster_ips: tuple[IPAddress, ...]  # spec.clusterIPs (or clusterIP); empty for headless and ExternalName
     external_ips: tuple[IPAddress, ...]
-    load_balancer_ips: tuple[IPAddress, ...]
+    load_balancer_ingress: tuple[LoadBalancerIngress, ...]
     ports: tuple[ServicePort, ...]
     policy_annotation: str | None = None
+    type: str = "ClusterIP"
+    ip_families: tuple[int, ...] = ()  # spec.ipFamilies (4 or 6), in order; empty when not written
+    # A label that keeps it out of kube-proxy's informers (service-proxy-name, headless), as "key=value".
+    excluding_label: str | None = None
+    # The EndpointSlice controller writes at least one slice for a Service with a selector.
+    has_selector: bool = False
 
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def addresses(self) -> tuple[IPAddress, ...]:
+        """Every address it names; on an IPVS node kube-proxy binds those it proxies to kube-ipvs0."""
+        return (*self.cluster_ips, *self.external_ips, *(i.ip for i in self.load_balancer_ingress))
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     addresses: tuple[IPAddress, ...]
-    # Conditions with the API's documented reading of a missing value: ready and serving default to
-    # true, terminating to false. Defaulting towards "still wanted" is also the safe side.
+    # Conditions read as kube-proxy reads them (endpointslicecache.go): a missing ready or serving is true,
+    # a missing terminating false. Defaulting towards "still wanted" is also the safe side.
     ready: bool
     serving: bool
     terminating: bool
@@ -114,14 +132,14 @@ class ClusterState:
     def with_node_port_addresses(
         self, node_name: str, local: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...] = ()
     ) -> ClusterState:
-        """The view with the node's NodePort addresses as kube-proxy takes them: the node's own interface
-        addresses as well as the Node object's, narrowed to `networks` when kube-proxy is
-        (`--nodeport-addresses`)."""
-        if not local and not networks:
-            return self
+        """The view with the node's NodePort addresses as kube-proxy takes them: the node's interface
+        addresses (the Node object's stand in when they are not known), narrowed to `networks` when
+        kube-proxy's are (`--nodeport-addresses`), less every Service address of the view. kube-proxy leaves
+        out what is bound to kube-ipvs0; a plain list of addresses (`hostname -I`) cannot tell those apart."""
         node = self.node(node_name)
-        known = node.addresses if node is not None else ()
-        addresses = within((*known, *(a for a in local if a not in known)), networks)
+        service_addresses = {a for service in self.services for a in service.addresses()}
+        candidates = local or (node.addresses if node is not None else ())
+        addresses = node_port_addresses(tuple(a for a in candidates if a not in service_addresses), networks)
         if node is None and not addresses:
             return self
         return replace(

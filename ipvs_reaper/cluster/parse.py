@@ -18,6 +18,7 @@ from ipvs_reaper.cluster.model import (
     Endpoint,
     EndpointSlice,
     HostPort,
+    LoadBalancerIngress,
     Node,
     Pod,
     Service,
@@ -28,6 +29,9 @@ from ipvs_reaper.values import IPAddress, Protocol
 
 POLICY_ANNOTATION = "ipvs-reaper.io/policy"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# kube-proxy's informers select Services and EndpointSlices without these labels (cmd/kube-proxy/app/
+# server.go): a Service with either is not kube-proxy's, whatever its value.
+EXCLUDING_LABELS = ("service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless")
 _PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
 _FAMILIES = {"IPv4": 4, "IPv6": 6}
 
@@ -90,12 +94,10 @@ def _metadata(obj: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
     return sys.intern(_get(meta, "namespace", "metadata", str, "")), name, meta
 
 
-def _ips(texts: list[Any], field: str, skip: tuple[str, ...] = ()) -> tuple[IPAddress, ...]:
+def _ips(texts: list[Any], field: str) -> tuple[IPAddress, ...]:
     # The path of a bad address is built only when there is one (see _parse_endpoint).
     addresses = []
     for i, text in enumerate(texts):
-        if text in skip:
-            continue
         try:
             addresses.append(_ip(text, ""))
         except ObjectError as error:
@@ -116,22 +118,49 @@ def _parse_service_port(port: Any) -> ServicePort:
     )
 
 
+def _load_balancer_ingress(status: Mapping[str, Any]) -> tuple[LoadBalancerIngress, ...]:
+    load_balancer = _get(status, "loadBalancer", "status", dict, {})
+    found = []
+    for i, ingress in enumerate(_get(load_balancer, "ingress", "status.loadBalancer", list, [])):
+        path = f"status.loadBalancer.ingress[{i}]"
+        if not isinstance(ingress, dict):
+            raise ObjectError(path, "expected an object")
+        if ingress.get("ip"):  # an ingress with only a hostname gets no virtual service
+            found.append(
+                LoadBalancerIngress(
+                    _ip(ingress["ip"], f"{path}.ip"), _get(ingress, "ipMode", path, str, None)
+                )
+            )
+    return tuple(found)
+
+
+def _ip_families(spec: Mapping[str, Any]) -> tuple[int, ...]:
+    families = []
+    for i, family in enumerate(_get(spec, "ipFamilies", "spec", list, [])):
+        if not isinstance(family, str) or family not in _FAMILIES:
+            raise ObjectError(f"spec.ipFamilies[{i}]", f"expected IPv4 or IPv6, got {family!r}")
+        families.append(_FAMILIES[family])
+    return tuple(families)
+
+
+def _excluding_label(meta: Mapping[str, Any]) -> str | None:
+    labels = _get(meta, "labels", "metadata", dict, {})
+    for label in EXCLUDING_LABELS:
+        if label in labels:
+            return f"{label}={labels[label]}"
+    return None
+
+
 def parse_service(obj: Mapping[str, Any]) -> Service:
     namespace, name, meta = _metadata(obj)
     spec = _get(obj, "spec", "", dict, {})
     status = _get(obj, "status", "", dict, {})
-    cluster_ip_texts = _get(spec, "clusterIPs", "spec", list, [])
-    if not cluster_ip_texts and _get(spec, "clusterIP", "spec", str, ""):
-        cluster_ip_texts = [spec["clusterIP"]]
-    cluster_ips = _ips(cluster_ip_texts, "spec.clusterIPs", skip=("None", ""))
+    # kube-proxy decides "headless" on the singular clusterIP (ShouldSkipService), and pairs clusterIPs with
+    # ipFamilies by position (GetClusterIPByFamily): neither may be bent by dropping entries.
+    cluster_ip = _get(spec, "clusterIP", "spec", str, "")
+    cluster_ip_texts = _get(spec, "clusterIPs", "spec", list, []) or [cluster_ip]
+    cluster_ips = () if cluster_ip in ("", "None") else _ips(cluster_ip_texts, "spec.clusterIPs")
     external_ips = _ips(_get(spec, "externalIPs", "spec", list, []), "spec.externalIPs")
-    load_balancer = _get(status, "loadBalancer", "status", dict, {})
-    lb_ips = []
-    for i, ingress in enumerate(_get(load_balancer, "ingress", "status.loadBalancer", list, [])):
-        if not isinstance(ingress, dict):
-            raise ObjectError(f"status.loadBalancer.ingress[{i}]", "expected an object")
-        if ingress.get("ip"):
-            lb_ips.append(_ip(ingress["ip"], f"status.loadBalancer.ingress[{i}].ip"))
     ports = []
     for i, port in enumerate(_get(spec, "ports", "spec", list, [])):
         try:
@@ -149,9 +178,14 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
         name=name,
         cluster_ips=cluster_ips,
         external_ips=external_ips,
-        load_balancer_ips=tuple(lb_ips),
+        load_balancer_ingress=_load_balancer_ingress(status),
         ports=tuple(ports),
         policy_annotation=annotation,
+        # The API defaults the type; only a hand-made object lacks it.
+        type=sys.intern(_get(spec, "type", "spec", str, "ClusterIP")),
+        ip_families=_ip_families(spec),
+        excluding_label=_excluding_label(meta),
+        has_selector=bool(_get(spec, "selector", "spec", dict, {})),
     )
 
 
@@ -171,11 +205,11 @@ def _parse_endpoint(endpoint: Any) -> Endpoint:
         raise ObjectError("", "expected an object")
     addresses = _ips(_get(endpoint, "addresses", "", list, []), "addresses")
     conditions = _get(endpoint, "conditions", "", dict, {})
-    ready = _condition(conditions, "ready", "conditions", True)
     return Endpoint(
         addresses=addresses,
-        ready=ready,
-        serving=_condition(conditions, "serving", "conditions", ready),
+        ready=_condition(conditions, "ready", "conditions", True),
+        # Not `ready`: kube-proxy reads a missing serving as true (endpointslicecache.go), and so keeps more.
+        serving=_condition(conditions, "serving", "conditions", True),
         terminating=_condition(conditions, "terminating", "conditions", False),
     )
 
@@ -235,8 +269,10 @@ def parse_node(obj: Mapping[str, Any]) -> Node:
         path = f"status.addresses[{i}]"
         if not isinstance(entry, dict):
             raise ObjectError(path, "expected an object")
-        # Hostname and DNS entries name the node; only IP entries can carry a NodePort virtual service.
-        if entry.get("type") in ("InternalIP", "ExternalIP"):
+        # These stand in for the node's interface addresses only while those are unknown. An InternalIP is one
+        # of them; an ExternalIP is often a cloud's NAT address that no interface has, where kube-proxy builds
+        # nothing.
+        if entry.get("type") == "InternalIP":
             addresses.append(_ip(entry.get("address"), f"{path}.address"))
     return Node(name=name, addresses=tuple(addresses))
 

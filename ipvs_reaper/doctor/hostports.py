@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.doctor.findings import Evidence, Finding, Kind, Severity
-from ipvs_reaper.mapping import ClusterIndex
+from ipvs_reaper.mapping import ClusterIndex, FrontKind
 from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth
 from ipvs_reaper.netfilter.walk import Outcome, walk, walk_chains
 from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, VirtualKey, format_endpoint
@@ -24,6 +24,7 @@ _HOOK_TRAFFIC = {
 # kube-proxy's IP sets (IPVS mode) whose members the cluster state tells.
 CLUSTER_IP_SET = "KUBE-CLUSTER-IP"
 LOAD_BALANCER_SET = "KUBE-LOAD-BALANCER"
+_SET_KINDS = {CLUSTER_IP_SET: FrontKind.CLUSTER_IP, LOAD_BALANCER_SET: FrontKind.LOAD_BALANCER}
 
 
 class Names:
@@ -34,17 +35,16 @@ class Names:
         self.cluster, self.node, self.unavailable = cluster, node, unavailable
         self._index = ClusterIndex(cluster, node) if cluster is not None else None
         self._sets: dict[str, set[tuple[IPAddress, Protocol, int]]] = {}
-        if cluster is not None and cluster.usable:
+        if self._index is not None and cluster is not None and cluster.usable:
+            # The sets hold what kube-proxy builds: the mapping's own model of it.
+            built = [front for _, front in self._index.fronts if front.skipped is None]
             self._sets = {
-                CLUSTER_IP_SET: {
-                    (a, p.protocol, p.port) for s in cluster.services for a in s.cluster_ips for p in s.ports
-                },
-                LOAD_BALANCER_SET: {
-                    (a, p.protocol, p.port)
-                    for s in cluster.services
-                    for a in s.load_balancer_ips
-                    for p in s.ports
-                },
+                name: {
+                    (f.key.address, f.key.protocol, f.key.port)
+                    for f in built
+                    if f.kind is kind and f.key.address is not None
+                }
+                for name, kind in _SET_KINDS.items()
             }
 
     def service(self, key: VirtualKey) -> str | None:

@@ -19,17 +19,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipvs_reaper.errors import InputError
-from ipvs_reaper.values import IPAddress
+from ipvs_reaper.values import IPAddress, usable_for_node_ports
 
 SERVICE_DEVICE = "kube-ipvs0"
 
 
 class AddressError(Exception):
     """The node's addresses could not be read."""
-
-
-def usable_for_node_ports(address: IPAddress) -> bool:
-    return not address.is_loopback and not (address.version == 6 and address.is_link_local)
 
 
 def _unique(addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
@@ -50,26 +46,33 @@ def read_local_addresses() -> tuple[IPAddress, ...]:
             ]
     except (NetlinkError, OSError) as error:
         raise AddressError(f"reading the node's addresses over netlink: {error}") from None
-    addresses = []
+    by_device = []
     for device, text in found:
-        if device == SERVICE_DEVICE or not text:
+        if not text:
             continue
         try:
-            addresses.append(ipaddress.ip_address(text.partition("%")[0]))
+            by_device.append((device, ipaddress.ip_address(text.partition("%")[0])))
         except ValueError:
             continue  # not an IP address family kube-proxy uses
-    return _unique(addresses)
+    return _outside_service_device(by_device)
 
 
-def _from_ip_json(document: Any, source: str) -> list[IPAddress]:
+def _outside_service_device(by_device: Iterable[tuple[str | None, IPAddress]]) -> tuple[IPAddress, ...]:
+    # kube-proxy takes the node's addresses less those bound to kube-ipvs0 (realIPGetter.NodeIPs): an address
+    # on both (an externalIP that is also the node's own) carries no NodePort.
+    pairs = list(by_device)
+    bound = {address for device, address in pairs if device == SERVICE_DEVICE}
+    return _unique(address for _, address in pairs if address not in bound)
+
+
+def _from_ip_json(document: Any, source: str) -> list[tuple[str | None, IPAddress]]:
     if not isinstance(document, list):
         raise InputError(f"{source}: expected the JSON list `ip -j addr` prints")
     addresses = []
     for i, link in enumerate(document):
         if not isinstance(link, dict) or not isinstance(link.get("addr_info", []), list):
             raise InputError(f"{source}: [{i}]: expected an interface with addr_info")
-        if link.get("ifname") == SERVICE_DEVICE:
-            continue
+        device = link.get("ifname") if isinstance(link.get("ifname"), str) else None
         for j, info in enumerate(link.get("addr_info", [])):
             if info == {}:
                 continue  # `ip` prints an empty object for an address it cannot show
@@ -77,7 +80,7 @@ def _from_ip_json(document: Any, source: str) -> list[IPAddress]:
             try:
                 if not isinstance(local, str):
                     raise ValueError(local)
-                addresses.append(ipaddress.ip_address(local))
+                addresses.append((device, ipaddress.ip_address(local)))
             except ValueError:
                 raise InputError(
                     f"{source}: [{i}].addr_info[{j}].local: {local!r} is not an IP address"
@@ -86,7 +89,9 @@ def _from_ip_json(document: Any, source: str) -> list[IPAddress]:
 
 
 def parse_node_addresses(text: str, source: str) -> tuple[IPAddress, ...]:
-    """`ip -j addr` output, or addresses separated by white space (`hostname -I`)."""
+    """`ip -j addr` output, or addresses separated by white space (`hostname -I`). The plain form cannot tell
+    kube-ipvs0's addresses from the node's: the view's Service addresses are left out later
+    (`ClusterState.with_node_port_addresses`)."""
     if text.lstrip().startswith("["):
         try:
             document = json.loads(text)
@@ -94,7 +99,7 @@ def parse_node_addresses(text: str, source: str) -> tuple[IPAddress, ...]:
             raise InputError(f"{source}: not valid JSON: line {error.lineno}: {error.msg}") from None
         except RecursionError:
             raise InputError(f"{source}: nested too deeply to be `ip -j addr` output") from None
-        return _unique(_from_ip_json(document, source))
+        return _outside_service_device(_from_ip_json(document, source))
     addresses = []
     for number, line in enumerate(text.splitlines(), start=1):
         for word in line.split():

@@ -49,6 +49,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "namespaces": {"payments": {"gone": {"reap": "never"}}},
             "breaker": {"maxShare": 0.25},
             "nodePortAddresses": ["192.168.0.0/16", "fd00::/8"],
+            "excludeCIDRs": ["10.250.0.0/24"],
         }
     },
     "everything-off": {

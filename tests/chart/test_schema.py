@@ -114,6 +114,7 @@ CONFIG = st.fixed_dictionaries(
             },
         ),
         "nodePortAddresses": st.one_of(st.none(), st.lists(CIDR, min_size=1, max_size=3)),
+        "excludeCIDRs": st.one_of(st.none(), st.lists(CIDR, min_size=1, max_size=3)),
     },
 )
 
@@ -227,6 +228,7 @@ def test_helm_and_the_agent_agree_across_fields(document: dict[str, Any]) -> Non
         ({"policy": {"notReady": {"maxWaitSeconds": 10}}}, "config.policy.notReady.maxWaitSeconds"),
         ({"breaker": {"maxShare": 2}}, "config.breaker.maxShare"),
         ({"nodePortAddresses": ["10.0.0.0/33"]}, "config.nodePortAddresses.0"),
+        ({"excludeCIDRs": ["fd00::/129"]}, "config.excludeCIDRs.0"),
         ({"expireNodeStConn": "enforce"}, "expireNodeStConn"),
     ],
 )

@@ -90,6 +90,21 @@ class RunningAgent:
             await asyncio.sleep(0.5)
         raise AssertionError(f"not ready within {READY_WITHIN} s:\n{self.log.read_text()}")
 
+    async def sweeps(self) -> int:
+        """Whole-table sweeps so far, from /metrics."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{self.port}/metrics", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response,
+        ):
+            text = await response.text()
+        return next(
+            int(float(line.split()[-1]))
+            for line in text.splitlines()
+            if line.startswith("ipvs_reaper_sweep_duration_seconds_count ")
+        )
+
     async def stop(self) -> None:
         # Waited for off the loop: the emulator serves from this loop, and a stopping agent may still ask it.
         if self.process.poll() is None:
@@ -244,4 +259,111 @@ async def test_grace_survives_a_restart_and_reaping_pauses_while_the_api_is_down
     # Had the restart reset the clock, the grace would have run from the second agent's first sweep.
     assert reaped_at < ready_again + grace, (reaped_at - ready_again, second.log.read_text())
     assert reaped_at > seen_at + grace  # and it never came early
+    assert agent_writes(api) == []
+
+
+# Another IPVS user on the node (keepalived, with its own VIPs and direct-routing real servers), on addresses
+# that Services name but kube-proxy never builds a virtual service on: the externalIP of an ExternalName
+# Service, and the IPv6 externalIP of an IPv4-only Service.
+DB_VIP, DB_PORT = "192.168.49.100", 5432
+V6_VIP = "fd00:49::100"
+LEGACY_VIP, LEGACY_POD = "10.96.7.20", "10.244.7.20"
+KEEPALIVED = [
+    f"-A -t {DB_VIP}:{DB_PORT} -s wrr",
+    f"-a -t {DB_VIP}:{DB_PORT} -r 192.168.49.11:{DB_PORT} -g -w 1",
+    f"-a -t {DB_VIP}:{DB_PORT} -r 192.168.49.12:{DB_PORT} -g -w 0",
+    f"-A -t [{V6_VIP}]:80 -s wrr",
+    f"-a -t [{V6_VIP}]:80 -r [fd00:49::11]:80 -g -w 1",
+    f"-a -t [{V6_VIP}]:80 -r [fd00:49::12]:80 -g -w 0",
+]
+KEEPALIVED_ROWS = {
+    ("TCP", f"{DB_VIP}:{DB_PORT}", f"192.168.49.11:{DB_PORT}", 1, "Route"),
+    ("TCP", f"{DB_VIP}:{DB_PORT}", f"192.168.49.12:{DB_PORT}", 0, "Route"),
+    ("TCP", f"{V6_VIP}:80", "fd00:49::11:80", 1, "Route"),
+    ("TCP", f"{V6_VIP}:80", "fd00:49::12:80", 0, "Route"),
+}
+
+
+def selected(body: dict[str, Any], app: str) -> dict[str, Any]:
+    body["spec"]["selector"] = {"app": app}
+    return body
+
+
+async def scan(tmp_path: Path, url: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`ipvs-reaper scan --all -o json` from the emulator and the live table, by (virtual, real)."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(REAPER), "scan", "--all", "-o", "json", "--node-name", NODE,
+         "--kubeconfig", kubeconfig(tmp_path, url)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {(e["virtual"], e["real"]): e for e in json.loads(done.stdout)["realServers"]}
+
+
+async def test_the_agent_leaves_another_ipvs_users_virtual_services_alone(
+    api: Any, lab: Lab, tmp_path: Path
+) -> None:
+    lab.cluster_ips(VIP, LEGACY_VIP)
+    # kube-proxy's: shop/web with its old pod's real server at weight 0 and gone from the slice, and the
+    # ClusterIP of the IPv4-only shop/legacy. Then keepalived's, weight-0 real servers with no connections.
+    lab.restore([
+        f"-A -t {VIP}:{PORT} -s rr",
+        f"-a -t {VIP}:{PORT} -r {NEW}:{PORT} -m -w 1",
+        f"-a -t {VIP}:{PORT} -r {OLD}:{PORT} -m -w 0",
+        f"-A -t {LEGACY_VIP}:80 -s rr",
+        f"-a -t {LEGACY_VIP}:80 -r {LEGACY_POD}:80 -m -w 1",
+        *KEEPALIVED,
+    ])  # fmt: skip
+    db = builders.service(
+        "shop", "db", [], [builders.port(DB_PORT)], type_="ExternalName", external_ips=[DB_VIP]
+    )
+    db["spec"]["externalName"] = "db.example"
+    legacy = builders.service("shop", "legacy", [LEGACY_VIP], [builders.port(80)], external_ips=[V6_VIP])
+    legacy["spec"] |= {"ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"}
+    legacy_slice = builders.endpoint_slice(
+        "shop", "legacy-1", "legacy", [builders.port(80)], [builders.endpoint(LEGACY_POD)]
+    )
+    web = builders.service("shop", "web", [VIP], [builders.port(PORT)])
+    async with Cluster(str(api.url)) as cluster:
+        await cluster.create(SERVICES, versioned(selected(web, "web")))
+        await cluster.create(SLICES, web_slice(builders.endpoint(NEW)))
+        await cluster.create(SERVICES, versioned(db))
+        await cluster.create(SERVICES, versioned(selected(legacy, "legacy")))
+        await cluster.create(SLICES, versioned(legacy_slice))
+        await cluster.create(NODES, versioned(builders.node(NODE, NODE_IP)))
+        async with agent(tmp_path, str(api.url)) as running:
+            await running.wait_ready()
+            await until(lambda: real_servers(lab) == {(f"{NEW}:{PORT}", 1)}, 60, "old reaped", running)
+            reaped_by = await running.sweeps()
+            deadline = time.monotonic() + 90
+            while await running.sweeps() < reaped_by + 3:  # three more whole-table sweeps
+                assert time.monotonic() < deadline, f"no three sweeps in 90 s:\n{running.log.read_text()}"
+                await asyncio.sleep(0.5)
+
+            table = parse_restore_format(lab.ipvsadm("-Sn"))
+            missing = KEEPALIVED_ROWS - table
+            assert not missing, (missing, running.log.read_text())
+            assert ("TCP", f"{LEGACY_VIP}:80", f"{LEGACY_POD}:80", 1, "Masq") in table
+            scanned = await scan(tmp_path, str(api.url))
+            assert running.process.poll() is None, running.log.read_text()
+
+    # The weight-0 ones, which only the reason keeps: they name the Service and why kube-proxy builds nothing.
+    expected = {
+        (f"{DB_VIP}:{DB_PORT}", f"192.168.49.12:{DB_PORT}"): ("shop/db", "ExternalName"),
+        (f"[{V6_VIP}]:80", "[fd00:49::12]:80"): ("shop/legacy", "IPv6"),
+    }
+    said = {key: (entry["decision"], entry["reason"]) for key, entry in scanned.items() if key in expected}
+    assert said.keys() == expected.keys(), sorted(scanned)
+    wrong = {
+        key: (decision, reason)
+        for key, (decision, reason) in said.items()
+        if decision != "keep" or not all(word in reason for word in expected[key])
+    }
+    assert not wrong, wrong
+    records = [json.loads(line) for line in running.log.read_text().splitlines() if line.startswith("{")]
+    deletions = [r for r in records if r.get("outcome") is not None]
+    assert [(r["real"], r["service"], r["outcome"]) for r in deletions] == [
+        (f"{OLD}:{PORT}", "shop/web", "deleted")
+    ]
     assert agent_writes(api) == []
