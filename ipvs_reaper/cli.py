@@ -39,7 +39,12 @@ from ipvs_reaper.input_text import STDIN, read_input_text, source_name
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.ipvs.kernel import KernelIpvs
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
-from ipvs_reaper.kernel.addresses import AddressError, parse_node_addresses, read_local_addresses
+from ipvs_reaper.kernel.addresses import (
+    AddressError,
+    lists_service_addresses,
+    parse_node_addresses,
+    read_local_addresses,
+)
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text, read_live_facts
 from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
@@ -262,6 +267,8 @@ class NodeInputs:
     facts: KernelFacts
     local: tuple[IPAddress, ...]
     address_warning: str | None
+    # `--node-addresses` in the plain form: kube-ipvs0's addresses may be among `local`.
+    local_lists_service_addresses: bool = False
 
 
 def _node_inputs(args: argparse.Namespace, node_access: NodeAccess) -> NodeInputs:
@@ -276,11 +283,9 @@ def _node_inputs(args: argparse.Namespace, node_access: NodeAccess) -> NodeInput
             else {}
         )
         facts = facts_from_input(args.kernel_release, args.kernel_version, sysctl_values)
-        local = (
-            parse_node_addresses(read_input_text(args.node_addresses), source_name(args.node_addresses))
-            if args.node_addresses
-            else ()
-        )
+        text = read_input_text(args.node_addresses) if args.node_addresses else ""
+        local = parse_node_addresses(text, source_name(args.node_addresses)) if args.node_addresses else ()
+        plain = bool(args.node_addresses) and lists_service_addresses(text)
     else:
         if args.kernel_release or args.kernel_version or args.sysctls or args.node_addresses:
             raise InputError(
@@ -294,7 +299,8 @@ def _node_inputs(args: argparse.Namespace, node_access: NodeAccess) -> NodeInput
         except AddressError as error:
             # Fewer addresses only leave NodePorts on them unmapped, and unmapped is kept: go on, and say so.
             local, address_warning = (), f"{error}: NodePorts map only to the Node object's addresses"
-    return NodeInputs(table, facts, local, address_warning)
+        plain = False
+    return NodeInputs(table, facts, local, address_warning, plain)
 
 
 def _node_name(args: argparse.Namespace) -> str:
@@ -317,7 +323,9 @@ def _gather(args: argparse.Namespace, node_access: NodeAccess) -> Gathered:
     return Gathered(
         node=node,
         table=table,
-        cluster=cluster.with_node_port_addresses(node, local, config.node_port_networks),
+        cluster=cluster.with_node_port_addresses(
+            node, local, config.node_port_networks, inputs.local_lists_service_addresses
+        ),
         facts=facts,
         config=config,
         warnings=tuple(warnings),
@@ -404,7 +412,16 @@ def _doctor_view(args: argparse.Namespace, node_access: NodeAccess) -> NodeView:
     else:
         rules = read_live_rules()
     config = load_config(args.config) if args.config else Config()
-    return NodeView(_node_name(args), inputs.table, inputs.facts, rules, inputs.local, config, table_error)
+    return NodeView(
+        _node_name(args),
+        inputs.table,
+        inputs.facts,
+        rules,
+        inputs.local,
+        config,
+        table_error,
+        inputs.local_lists_service_addresses,
+    )
 
 
 def run_doctor(args: argparse.Namespace, node_access: NodeAccess, out: _Output) -> int:

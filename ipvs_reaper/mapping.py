@@ -99,9 +99,17 @@ def _ingress_skipped(mode: str | None) -> str | None:
     return f"load-balancer ingress with ipMode {mode}: the load balancer proxies, kube-proxy builds nothing"
 
 
-def service_fronts(service: Service, node_addresses: Iterable[IPAddress]) -> Iterator[Front]:
-    """Every address:port of `service` on a node with these NodePort addresses, built by kube-proxy or not."""
-    node_addresses = tuple(node_addresses)
+_LEFT_OUT = (
+    "not one of the node's NodePort addresses (loopback, IPv6 link-local, nodePortAddresses, kube-ipvs0)"
+)
+
+
+def service_fronts(
+    service: Service, node_addresses: Iterable[IPAddress], left_out: Iterable[IPAddress] = ()
+) -> Iterator[Front]:
+    """Every address:port of `service` on a node with these NodePort addresses (and these other addresses),
+    built by kube-proxy or not."""
+    node_addresses, left_out = tuple(node_addresses), tuple(left_out)
     whole = _service_skipped(service)
     if whole is not None:
         for port in service.ports:
@@ -144,6 +152,10 @@ def service_fronts(service: Service, node_addresses: Iterable[IPAddress]) -> Ite
                     if address.version == family:
                         key = VirtualKey.inet(port.protocol, address, port.node_port)
                         yield Front(key, port, FrontKind.NODE_PORT, skipped)
+                for address in left_out:
+                    if address.version == family:
+                        key = VirtualKey.inet(port.protocol, address, port.node_port)
+                        yield Front(key, port, FrontKind.NODE_PORT, skipped or _LEFT_OUT)
 
 
 def services_without_slices(state: ClusterState) -> tuple[str, ...]:
@@ -178,23 +190,27 @@ class ClusterIndex:
         self.not_built: dict[VirtualKey, str] = {}
         self.fronts: list[tuple[Service, Front]] = []
         claims: dict[VirtualKey, list[Target]] = defaultdict(list)
+        named: dict[VirtualKey, set[tuple[str, str]]] = defaultdict(set)
         node = state.node(node_name)
-        node_addresses = node.addresses if node is not None else ()
+        node_addresses, left_out = (node.addresses, node.left_out) if node is not None else ((), ())
         for service in state.services:
-            for front in service_fronts(service, node_addresses):
+            for front in service_fronts(service, node_addresses, left_out):
                 self.fronts.append((service, front))
+                named[front.key].add((service.ref, front.port.name))
                 if front.skipped is None:
                     claims[front.key].append(Target(service, front.port))
                 else:
                     self.not_built.setdefault(front.key, f"{service.ref}'s {front.kind}, but {front.skipped}")
         for key, targets in claims.items():
-            ports = {(t.service.ref, t.port.name) for t in targets}
+            # Every Service port on the address:port counts, built or not: one not built here may be built by
+            # another release of kube-proxy or another proxy, and then its endpoints are real servers too.
+            ports = named[key]
             if len(ports) == 1:
                 self._targets[key] = targets[0]
                 continue
-            # Two Services, or two ports of one Service, claiming one address:port is a misconfiguration
-            # (the API rejects the second); we cannot tell which endpoints these real servers are, so
-            # they are left alone.
+            # Two Services, or two ports of one Service, on one address:port is a misconfiguration (the API
+            # rejects most such pairs); we cannot tell whose endpoints these real servers are, so they are
+            # left alone.
             services = sorted({ref for ref, _ in ports})
             if len(services) > 1:
                 self.ambiguous[key] = tuple(services)

@@ -208,7 +208,7 @@ def _decide(
         claimants = index.ambiguous.get(rs.key.virtual)
         if claimants:
             return keep(
-                f"virtual service claimed by several Service ports ({', '.join(claimants)}): "
+                f"virtual service on the address:port of several Service ports ({', '.join(claimants)}): "
                 "not ours to judge"
             )
         not_built = index.not_built.get(rs.key.virtual)

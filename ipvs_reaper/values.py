@@ -22,11 +22,19 @@ def usable_for_node_ports(address: IPAddress) -> bool:
     return not address.is_loopback and not (address.version == 6 and address.is_link_local)
 
 
-def node_port_addresses(
+def _in_node_port_networks(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    # NewNodePortAddresses: per family, no CIDR of the family or a /0 among them means every address.
+    own = [n for n in networks if n.version == address.version]
+    return not own or any(n.prefixlen == 0 or address in n for n in own)
+
+
+def split_node_port_addresses(
     candidates: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...]
-) -> tuple[IPAddress, ...]:
-    """Where kube-proxy puts NodePorts among the node's addresses, narrowed by its --nodeport-addresses."""
-    return within(tuple(a for a in candidates if usable_for_node_ports(a)), networks)
+) -> tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]]:
+    """The node's addresses where kube-proxy puts NodePorts (narrowed by its --nodeport-addresses), and the
+    rest of them."""
+    used = tuple(a for a in candidates if usable_for_node_ports(a) and _in_node_port_networks(a, networks))
+    return used, tuple(a for a in candidates if a not in used)
 
 
 class Protocol(enum.StrEnum):

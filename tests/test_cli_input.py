@@ -462,3 +462,38 @@ def test_unreadable_node_addresses_are_a_warning_not_a_failure(
     captured = capsys.readouterr()
     assert "Operation not permitted: NodePorts map only to the Node object's addresses" in captured.err
     assert "5 to reap" in captured.out
+
+
+# --- what the view itself says is missing -----------------------------------------------------------------
+
+
+def test_an_export_of_one_namespaces_slices_keeps_the_others_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # `kubectl get svc -A` beside `kubectl get endpointslices -n shop`: kube-system's slices are missing.
+    web = service("shop", "web", ["10.96.0.10"], [port(80)], selector={"app": "web"})
+    dns = service("kube-system", "dns", ["10.96.0.53"], [port(53, protocol="UDP")], selector={"app": "dns"})
+    items = [
+        web,
+        dns,
+        endpoint_slice("shop", "web-1", "web", [port(8080)], []),
+        node("node-a", "192.168.49.2"),
+    ]
+    table = tmp_path / "ip_vs"
+    table.write_text(
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+        "TCP  0A60000A:0050 rr\n"
+        "  -> 0AF40105:1F90      Masq    0      0          0\n"
+        "UDP  0A600035:0035 rr\n"
+        "  -> 0AF40205:0035      Masq    0      0          0\n"
+    )
+    document = scan(capsys, "--node-name", "node-a", "--cluster-state", cluster_file(tmp_path, items),
+                    "--ipvs-table", str(table), "--policy", "immediate")  # fmt: skip
+    decisions = {row["service"]: (row["decision"], row["endpointState"]) for row in document["realServers"]}
+    assert decisions == {"shop/web": ("reap", "gone"), "kube-system/dns": ("keep", "unknown")}
+    assert document["warnings"] == [
+        "1 Service(s) with a selector have no EndpointSlice in the cluster state, so their endpoints are "
+        "unknown and their real servers kept (an export of some namespaces' slices?): kube-system/dns"
+    ]

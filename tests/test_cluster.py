@@ -297,12 +297,29 @@ _ADDRESS_LIKE = st.one_of(
 )
 
 
+def _sloppy(text: str) -> Any:
+    """Go's ParseIPSloppy, as kube-proxy reads addresses: dotted decimal with leading zeros; IPv4-mapped IPv6
+    is the IPv4 address."""
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
+        return ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
+    address = ipaddress.ip_address(text)
+    return address.ipv4_mapped or address if address.version == 6 else address
+
+
 @given(_ADDRESS_LIKE)
-def test_address_parsing_accepts_exactly_what_ipaddress_accepts(text: str) -> None:
+def test_address_parsing_accepts_what_kube_proxy_accepts(text: str) -> None:
     try:
-        expected = ipaddress.ip_address(text)
+        expected = _sloppy(text)
     except ValueError:
         with pytest.raises(ObjectError, match="is not an IP address"):
             _ip(text, "spec.clusterIP")
     else:
         assert _ip(text, "spec.clusterIP") == expected
+
+
+def test_old_sloppy_and_mapped_addresses_read_as_kube_proxy_reads_them() -> None:
+    assert str(_ip("010.096.000.001", "x")) == "10.96.0.1"
+    assert str(_ip("::ffff:10.1.2.3", "x")) == "10.1.2.3"
+    with pytest.raises(ObjectError):
+        _ip("10.256.0.1", "x")

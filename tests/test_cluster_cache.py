@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, NOTHING, SERVICE, ClusterCache
 from ipvs_reaper.cluster.parse import cluster_state_from_items
 from ipvs_reaper.config import Config
+from ipvs_reaper.mapping import ClusterIndex
 from ipvs_reaper.planner import Action, SweepInputs, plan_sweep
 from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
 from tests.builders import endpoint, endpoint_slice, node, port, service
@@ -229,6 +230,8 @@ def test_node_port_addresses_follow_the_interfaces_and_the_configs_networks() ->
     assert [s.name for s in cache.view_for({nodeport_on_cni}).services] == ["web"]
     assert cache.set_local_addresses((cni,)) == NOTHING  # the same addresses again: nothing moves
     assert cache.set_node_port_networks((ipaddress.ip_network("192.168.0.0/16"),)).everything
-    assert cache.view_for({nodeport_on_cni}).services == ()
+    # Still named there (a NodePort another reading could put there), no longer built there.
+    assert ClusterIndex(cache.view_for({nodeport_on_cni}), "node-a").target(nodeport_on_cni) is None
     (node_view,) = cache.snapshot().nodes
     assert cni not in node_view.addresses
+    assert cni in node_view.left_out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +34,7 @@ def decide(
     protocol: str = "TCP",
     local: tuple[str, ...] = (),
     config: Config | None = None,
+    hostname_i: bool = False,
 ) -> Decision:
     """The decision under `immediate` for one weight-0 idle real server `real` ("addr:port" or "[v6]:port")
     of the virtual service `virtual`."""
@@ -45,7 +45,7 @@ def decide(
         RealKey(vk, ipaddress.ip_address(real_address.strip("[]")), int(real_port)), "Masq", 0, 0, 0
     )
     cluster = cluster_state_from_items(items).with_node_port_addresses(
-        "node-a", tuple(ipaddress.ip_address(a) for a in local), config.node_port_networks
+        "node-a", tuple(ipaddress.ip_address(a) for a in local), config.node_port_networks, hostname_i
     )
     plan = plan_sweep(
         SweepInputs(
@@ -228,30 +228,82 @@ def test_no_node_ports_on_loopback_or_ipv6_link_local() -> None:
     web = service("shop", "web", ["10.96.0.10", "fd00:96::10"], [port(80, node_port=30080)], type_="NodePort")
     items = [web, web_slice(), NODE]
     local = ("127.0.0.1", "fe80::1", "169.254.3.3")
-    kept(decide(items, "127.0.0.1:30080", f"{POD}:8080", local=local), "maps to no Service")
-    kept(decide(items, "[fe80::1]:30080", "[fd00:244::5]:8080", local=local), "maps to no Service")
+    kept(
+        decide(items, "127.0.0.1:30080", f"{POD}:8080", local=local),
+        "not one of the node's NodePort addresses",
+    )
+    kept(
+        decide(items, "[fe80::1]:30080", "[fd00:244::5]:8080", local=local), "not one of the node's NodePort"
+    )
     reaped(decide(items, "169.254.3.3:30080", f"{POD}:8080", local=local))  # IPv4 link-local is kept
 
 
 def test_hostname_i_lists_cluster_ips_which_are_not_node_addresses() -> None:
-    # On an IPVS node `hostname -I` also prints every address bound to kube-ipvs0.
+    # On an IPVS node `hostname -I` also prints every address bound to kube-ipvs0; `ip -j addr` tells them.
     web = service("shop", "web", ["10.96.0.10"], [port(80, node_port=30080)], type_="NodePort")
     api = service("default", "kubernetes", ["10.96.0.1"], [port(30080, "https")])
-    local = parse_node_addresses(f"{NODE_IP} 10.96.0.10 10.96.0.1\n", "hostname")
     items = [web, api, web_slice(), NODE]
-    texts = tuple(str(a) for a in local)
-    # 10.96.0.1:30080 was claimed by the kubernetes Service and by web's NodePort: kept as ambiguous.
-    reaped(decide(items, "10.96.0.1:30080", "10.0.0.1:6443", local=texts))
-    kept(decide(items, "10.96.0.10:30080", f"{POD}:8080", local=texts), "maps to no Service")
+    plain = tuple(str(a) for a in parse_node_addresses(f"{NODE_IP} 10.96.0.10 10.96.0.1\n", "hostname"))
+    # A ClusterIP is never taken for a node address: no NodePort is claimed on it.
+    kept(decide(items, "10.96.0.10:30080", f"{POD}:8080", local=plain, hostname_i=True), "NodePort addresses")
+    reaped(decide(items, f"{NODE_IP}:30080", f"{POD}:8080", local=plain, hostname_i=True))
+    # Whether it is also on an interface (then 1.27's kube-proxy puts NodePorts there) the plain form cannot
+    # tell: the kubernetes Service's ClusterIP at a NodePort's number is left alone; `ip -j addr` tells.
+    kept(decide(items, "10.96.0.1:30080", "10.0.0.1:6443", local=plain, hostname_i=True), "several Service")
+    ip_json = [
+        {"ifname": "eth0", "addr_info": [{"local": NODE_IP}]},
+        {"ifname": "kube-ipvs0", "addr_info": [{"local": "10.96.0.10"}, {"local": "10.96.0.1"}]},
+    ]
+    exact = tuple(str(a) for a in parse_node_addresses(json.dumps(ip_json), "addr.json"))
+    reaped(decide(items, "10.96.0.1:30080", "10.0.0.1:6443", local=exact))
 
 
-def test_ip_json_leaves_out_addresses_also_bound_to_kube_ipvs0(tmp_path: Path) -> None:
+def test_ip_json_leaves_out_kube_ipvs0_but_not_an_address_also_on_an_interface() -> None:
+    # GetAllLocalAddressesExcept(kube-ipvs0), kube-proxy 1.27 on: an externalIP that is the node's own counts.
     document = [
         {"ifname": "eth0", "addr_info": [{"local": NODE_IP}, {"local": "203.0.113.7"}]},
         {"ifname": "kube-ipvs0", "addr_info": [{"local": "10.96.0.10"}, {"local": "203.0.113.7"}]},
     ]
     addresses = parse_node_addresses(json.dumps(document), "addr.json")
-    assert [str(a) for a in addresses] == [NODE_IP]
+    assert [str(a) for a in addresses] == [NODE_IP, "203.0.113.7"]
+
+
+def test_an_address_several_service_ports_name_is_never_judged() -> None:
+    # B's externalIP is the node's own address and A's NodePort is the same port: kube-proxy builds one
+    # virtual service for both, with whichever's endpoints it synced last.
+    a = service("shop", "a", ["10.96.0.10"], [port(80, node_port=30080)], type_="NodePort")
+    b = service("shop", "b", ["10.96.0.11"], [port(30080)], external_ips=[NODE_IP])
+    items = [
+        a,
+        b,
+        web_slice(endpoint(POD), name="a"),
+        endpoint_slice("shop", "b-1", "b", [port(8080)], []),
+        NODE,
+    ]
+    decision = decide(items, f"{NODE_IP}:30080", f"{POD}:8080", local=(NODE_IP,))
+    kept(decision, "several Service ports", "shop/a", "shop/b")
+    # The same when the other one is built by another proxy (or another release): it still names the address.
+    proxy = service("shop", "a", ["10.96.0.10"], [port(443)], lb_ips=["198.51.100.4"], ip_modes=["Proxy"])
+    other = service("shop", "b", ["10.96.0.11"], [port(443)], external_ips=["198.51.100.4"])
+    items = [
+        proxy,
+        other,
+        web_slice(endpoint(POD), name="a"),
+        endpoint_slice("shop", "b-1", "b", [port(8080)], []),
+    ]
+    kept(decide([*items, NODE], "198.51.100.4:443", f"{POD}:8080"), "several Service ports")
+
+
+def test_node_port_addresses_of_one_family_leave_the_other_family_whole() -> None:
+    # NewNodePortAddresses: a family without a CIDR matches every address of that family.
+    web = service("shop", "web", ["10.96.0.10", "fd00:96::10"], [port(80, node_port=30080)], type_="NodePort")
+    v6_slice = endpoint_slice("shop", "web-6", "web", [port(8080)], [], family="IPv6")
+    config = parse_config({"nodePortAddresses": ["192.168.0.0/16"]})
+    items = [web, web_slice(), v6_slice, NODE]
+    local = (NODE_IP, NODE_IP6, "10.0.0.5")
+    reaped(decide(items, f"[{NODE_IP6}]:30080", "[fd00:244::5]:8080", local=local, config=config))
+    reaped(decide(items, f"{NODE_IP}:30080", f"{POD}:8080", local=local, config=config))
+    kept(decide(items, "10.0.0.5:30080", f"{POD}:8080", local=local, config=config), "NodePort addresses")
 
 
 def test_the_doctors_sets_hold_what_kube_proxy_builds() -> None:
@@ -263,3 +315,24 @@ def test_the_doctors_sets_hold_what_kube_proxy_builds() -> None:
     assert names.set_membership(_key(Protocol.TCP, "10.96.0.10:80"))[CLUSTER_IP_SET] is Truth.TRUE
     assert names.set_membership(_key(Protocol.TCP, "10.96.0.11:80"))[CLUSTER_IP_SET] is Truth.FALSE
     assert names.set_membership(_key(Protocol.TCP, "198.51.100.4:80"))[LOAD_BALANCER_SET] is Truth.FALSE
+
+
+def test_an_ipv4_mapped_endpoint_address_is_the_ipv4_address() -> None:
+    # The API's IPv4 validation took ParseIPSloppy(v).To4() != nil before strict IP validation, and kube-proxy
+    # builds the real server from the IPv4 form.
+    web = service("shop", "web", ["10.96.0.10"], [port(80)])
+    mapped = {"addresses": [f"::ffff:{POD}"], "conditions": {"ready": True}}
+    kept(decide([web, web_slice(mapped), NODE], "10.96.0.10:80", f"{POD}:8080"), "ready")
+
+
+def test_cluster_ips_are_read_as_get_cluster_ip_by_family_reads_them() -> None:
+    # Shapes the API does not write, where kube-proxy's reading and a naive one differ: never claim more.
+    odd = service("shop", "web", ["10.96.0.10"], [port(80)])
+    odd["spec"] |= {"clusterIPs": ["10.50.0.9"]}
+    del odd["spec"]["ipFamilies"]  # without ipFamilies only the singular clusterIP is read
+    items = [odd, web_slice(), NODE]
+    reaped(decide(items, "10.96.0.10:80", f"{POD}:8080"))
+    kept(decide(items, "10.50.0.9:80", f"{POD}:8080"), "not the ClusterIP kube-proxy reads")
+    shorter = service("shop", "web", ["10.50.0.9"], [port(80)])
+    del shorter["spec"]["clusterIPs"]  # with ipFamilies only clusterIPs is read: none, so nothing at all
+    kept(decide([shorter, web_slice(), NODE], "10.50.0.9:80", f"{POD}:8080"))

@@ -34,7 +34,7 @@ from ipvs_reaper.cluster.parse import (
     parse_service,
 )
 from ipvs_reaper.mapping import service_fronts
-from ipvs_reaper.values import IPAddress, IPNetwork, VirtualKey, node_port_addresses
+from ipvs_reaper.values import IPAddress, IPNetwork, VirtualKey, split_node_port_addresses
 
 SERVICE, ENDPOINT_SLICE, NODE = "Service", "EndpointSlice", "Node"
 KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
@@ -282,8 +282,10 @@ class ClusterCache:
         )
 
     def _node_view(self) -> tuple[Node, ...]:
-        addresses = self._node_addresses()
-        return (Node(self._node_name, addresses),) if addresses or self._node is not None else ()
+        addresses, left_out = self._node_addresses()
+        if not addresses and not left_out and self._node is None:
+            return ()
+        return (Node(self._node_name, addresses, left_out),)
 
     def view_for(self, keys: Iterable[VirtualKey]) -> ClusterState:
         """The part of the view that decides these virtual services: every Service claiming one of them,
@@ -437,16 +439,16 @@ class ClusterCache:
         elif entry.held is not None:
             self._restore(entry.key, entry.held, entry.version)
 
-    def _node_addresses(self) -> tuple[IPAddress, ...]:
-        # kube-proxy puts NodePorts on the interfaces' addresses, not the Node object's: those stand in only
-        # while the interfaces could not be read.
+    def _node_addresses(self) -> tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]]:
+        """Where NodePorts are, and the node's other addresses. kube-proxy puts NodePorts on the interfaces'
+        addresses, not the Node object's: those stand in only while the interfaces could not be read."""
         own = self._node.addresses if self._node is not None else ()
-        return node_port_addresses(self._local_addresses or own, self._node_port_networks)
+        return split_node_port_addresses(self._local_addresses or own, self._node_port_networks)
 
     def _put_service(self, key: ObjectKey, service: Service) -> None:
         self._services[key] = service
         # Fronts kube-proxy does not build count too: their reason for being kept names this Service.
-        keys = tuple({front.key for front in service_fronts(service, self._node_addresses())})
+        keys = tuple({front.key for front in service_fronts(service, *self._node_addresses())})
         self._service_keys[key] = keys
         for virtual in keys:
             _add(self._claims, virtual, key)
@@ -460,7 +462,7 @@ class ClusterCache:
         self._node = node
         self._reclaim(before)
 
-    def _reclaim(self, before: tuple[IPAddress, ...]) -> None:
+    def _reclaim(self, before: tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]]) -> None:
         if self._node_addresses() == before:
             return
         # NodePort virtual services live on the node's addresses: claim them anew.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ipvs_reaper.values import IPAddress, IPNetwork, Protocol, node_port_addresses
+from ipvs_reaper.values import IPAddress, IPNetwork, Protocol, split_node_port_addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,11 @@ class EndpointSlice:
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
-    addresses: tuple[IPAddress, ...]
+    addresses: tuple[IPAddress, ...]  # where kube-proxy puts NodePorts
+    # The node's other addresses: no NodePort there by the reading above, but another release's reading (or
+    # an address also bound to kube-ipvs0) could put one there, so a Service port there still counts when
+    # telling whether a virtual service is claimed by several Service ports.
+    left_out: tuple[IPAddress, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,18 +134,30 @@ class ClusterState:
         return next((node for node in self.nodes if node.name == name), None)
 
     def with_node_port_addresses(
-        self, node_name: str, local: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...] = ()
+        self,
+        node_name: str,
+        local: tuple[IPAddress, ...],
+        networks: tuple[IPNetwork, ...] = (),
+        local_lists_service_addresses: bool = False,
     ) -> ClusterState:
         """The view with the node's NodePort addresses as kube-proxy takes them: the node's interface
         addresses (the Node object's stand in when they are not known), narrowed to `networks` when
-        kube-proxy's are (`--nodeport-addresses`), less every Service address of the view. kube-proxy leaves
-        out what is bound to kube-ipvs0; a plain list of addresses (`hostname -I`) cannot tell those apart."""
+        kube-proxy's are (`--nodeport-addresses`). kube-proxy leaves out kube-ipvs0's addresses; a plain list
+        (`hostname -I`) cannot tell those apart, so then every Service address of the view is left out."""
         node = self.node(node_name)
-        service_addresses = {a for service in self.services for a in service.addresses()}
+        service_addresses = (
+            {a for service in self.services for a in service.addresses()}
+            if local_lists_service_addresses
+            else set()
+        )
         candidates = local or (node.addresses if node is not None else ())
-        addresses = node_port_addresses(tuple(a for a in candidates if a not in service_addresses), networks)
-        if node is None and not addresses:
+        addresses, left_out = split_node_port_addresses(
+            tuple(a for a in candidates if a not in service_addresses), networks
+        )
+        left_out += tuple(a for a in candidates if a in service_addresses)
+        if node is None and not candidates:
             return self
         return replace(
-            self, nodes=(*(n for n in self.nodes if n.name != node_name), Node(node_name, addresses))
+            self,
+            nodes=(*(n for n in self.nodes if n.name != node_name), Node(node_name, addresses, left_out)),
         )

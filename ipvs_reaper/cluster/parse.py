@@ -7,6 +7,7 @@ an ObjectError naming it. Lenient where the API itself is (missing optional list
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import sys
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDING_LABELS = ("service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless")
 _PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
 _FAMILIES = {"IPv4": 4, "IPv6": 6}
+_SLOPPY_IPV4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +68,18 @@ def _ip(value: Any, path: str) -> IPAddress:
     except (OSError, ValueError):  # not dotted-quad IPv4 (ValueError: an embedded NUL)
         pass
     try:
-        return ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
-        raise ObjectError(path, f"{value!r} is not an IP address") from None
+        sloppy = _SLOPPY_IPV4.fullmatch(value)
+        if sloppy is None or any(int(part) > 255 for part in sloppy.groups()):
+            raise ObjectError(path, f"{value!r} is not an IP address") from None
+        # "010.096.000.001": the API stored such addresses before its strict validation, and kube-proxy's
+        # ParseIPSloppy reads each part as decimal. Refusing it would make one old Service stop all reaping.
+        return ipaddress.IPv4Address(".".join(str(int(part)) for part in sloppy.groups()))
+    # Go's ParseIP reads "::ffff:10.1.2.3" as the IPv4 address, and so does kube-proxy: the kernel's real
+    # server is 10.1.2.3, and an endpoint read as IPv6 would never match it (and look gone).
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped if mapped is not None else address
 
 
 def _port(value: Any, path: str) -> int:
@@ -155,10 +166,14 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
     namespace, name, meta = _metadata(obj)
     spec = _get(obj, "spec", "", dict, {})
     status = _get(obj, "status", "", dict, {})
-    # kube-proxy decides "headless" on the singular clusterIP (ShouldSkipService), and pairs clusterIPs with
-    # ipFamilies by position (GetClusterIPByFamily): neither may be bent by dropping entries.
+    # kube-proxy decides "headless" on the singular clusterIP (ShouldSkipService) and pairs clusterIPs with
+    # ipFamilies by position (GetClusterIPByFamily): no entry may be dropped. Without ipFamilies it reads the
+    # singular clusterIP alone: that one comes first.
     cluster_ip = _get(spec, "clusterIP", "spec", str, "")
-    cluster_ip_texts = _get(spec, "clusterIPs", "spec", list, []) or [cluster_ip]
+    cluster_ip_texts = _get(spec, "clusterIPs", "spec", list, [])
+    ip_families = _ip_families(spec)
+    if not ip_families:
+        cluster_ip_texts = [cluster_ip, *(text for text in cluster_ip_texts if text != cluster_ip)]
     cluster_ips = () if cluster_ip in ("", "None") else _ips(cluster_ip_texts, "spec.clusterIPs")
     external_ips = _ips(_get(spec, "externalIPs", "spec", list, []), "spec.externalIPs")
     ports = []
@@ -183,7 +198,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
         policy_annotation=annotation,
         # The API defaults the type; only a hand-made object lacks it.
         type=sys.intern(_get(spec, "type", "spec", str, "ClusterIP")),
-        ip_families=_ip_families(spec),
+        ip_families=ip_families,
         excluding_label=_excluding_label(meta),
         has_selector=bool(_get(spec, "selector", "spec", dict, {})),
     )

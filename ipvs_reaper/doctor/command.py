@@ -34,6 +34,7 @@ class NodeView:
     local: tuple[IPAddress, ...]
     config: Config
     table_error: str | None = None  # the live IPVS table could not be read
+    local_lists_service_addresses: bool = False  # `local` in the plain form: kube-ipvs0's may be among them
 
 
 def cluster_for_doctor(
@@ -86,7 +87,9 @@ def _plan(view: NodeView, cluster: ClusterState | None) -> Plan | None:
     return plan_sweep(
         SweepInputs(
             table=view.table,
-            cluster=cluster.with_node_port_addresses(view.node, view.local, view.config.node_port_networks),
+            cluster=cluster.with_node_port_addresses(
+                view.node, view.local, view.config.node_port_networks, view.local_lists_service_addresses
+            ),
             node_name=view.node,
             config=view.config,
             expire_nodest_conn=view.facts.expire_nodest_conn,
@@ -107,7 +110,9 @@ def diagnose(
 ) -> DoctorReport:
     """Every finding for one node: pure, given what was gathered."""
     indexed = (
-        cluster.with_node_port_addresses(view.node, view.local, view.config.node_port_networks)
+        cluster.with_node_port_addresses(
+            view.node, view.local, view.config.node_port_networks, view.local_lists_service_addresses
+        )
         if cluster is not None
         else None
     )

@@ -58,11 +58,10 @@ def read_local_addresses() -> tuple[IPAddress, ...]:
 
 
 def _outside_service_device(by_device: Iterable[tuple[str | None, IPAddress]]) -> tuple[IPAddress, ...]:
-    # kube-proxy takes the node's addresses less those bound to kube-ipvs0 (realIPGetter.NodeIPs): an address
-    # on both (an externalIP that is also the node's own) carries no NodePort.
-    pairs = list(by_device)
-    bound = {address for device, address in pairs if device == SERVICE_DEVICE}
-    return _unique(address for _, address in pairs if address not in bound)
+    # GetAllLocalAddressesExcept(kube-ipvs0): an address also on another interface (an externalIP that is the
+    # node's own) carries NodePorts since kube-proxy 1.27. Before, it did not; such an address is named by a
+    # Service, whose own virtual service there makes any NodePort on it ambiguous, and so kept.
+    return _unique(address for device, address in by_device if device != SERVICE_DEVICE)
 
 
 def _from_ip_json(document: Any, source: str) -> list[tuple[str | None, IPAddress]]:
@@ -88,11 +87,15 @@ def _from_ip_json(document: Any, source: str) -> list[tuple[str | None, IPAddres
     return addresses
 
 
+def lists_service_addresses(text: str) -> bool:
+    """Whether `--node-addresses` text is the plain form (`hostname -I`), which on an IPVS node also lists
+    every address bound to kube-ipvs0 and cannot tell them from the interfaces'."""
+    return not text.lstrip().startswith("[")
+
+
 def parse_node_addresses(text: str, source: str) -> tuple[IPAddress, ...]:
-    """`ip -j addr` output, or addresses separated by white space (`hostname -I`). The plain form cannot tell
-    kube-ipvs0's addresses from the node's: the view's Service addresses are left out later
-    (`ClusterState.with_node_port_addresses`)."""
-    if text.lstrip().startswith("["):
+    """`ip -j addr` output, or addresses separated by white space (`hostname -I`)."""
+    if not lists_service_addresses(text):
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:

@@ -237,6 +237,22 @@ async def test_a_garbage_config_keeps_the_last_good_one_and_a_valid_change_appli
             assert agent.metrics.config_error._value.get() == 0
 
 
+async def test_exclude_cidrs_are_read_live(api: Any, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("excludeCIDRs: [10.96.0.0/24]\n")
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=0)))
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        async with running(options(tmp_path, str(api.url), config_path=config), fake) as agent:
+            await eventually(lambda: not agent.not_ready_because(), what="ready")
+            agent.request_sweep()
+            await asyncio.sleep(0.3)
+            assert fake.deleted == []  # the operator said another IPVS user lives there
+            config.write_text("excludeCIDRs: [10.250.0.0/24]\n")
+            await eventually(lambda: bool(fake.deleted), timeout=5, what="applied without restart")
+            assert keys(fake) == ["10.96.0.2:80 -> 10.1.0.2"]
+
+
 async def test_grace_runs_on_the_injected_clock(api: Any, tmp_path: Path) -> None:
     wall = WallClock()
     fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=0)))
