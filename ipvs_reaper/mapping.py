@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ipvs_reaper.cluster.model import ClusterState, Endpoint, EndpointSlice, Service, ServicePort
-from ipvs_reaper.values import IPAddress, Protocol, VirtualKey
+from ipvs_reaper.values import IPAddress, Protocol, VirtualKey, in_node_port_cidrs
 
 
 class EndpointState(enum.StrEnum):
@@ -193,7 +193,16 @@ class ClusterIndex:
         named: dict[VirtualKey, set[tuple[str, str]]] = defaultdict(set)
         node = state.node(node_name)
         node_addresses, left_out = (node.addresses, node.left_out) if node is not None else ((), ())
+        networks = node.node_port_networks if node is not None else ()
+        # With nodePortAddresses, kube-proxy puts NodePorts on kube-ipvs0's addresses inside them too (a
+        # ClusterIP, say). Not claimed, but such a NodePort makes the address:port ambiguous. Looked up per
+        # key, not made into fronts: every ClusterIP times every NodePort would be too many.
+        bound = {a for s in state.services for a in s.addresses() if in_node_port_cidrs(a, networks)}
+        node_port_users: dict[tuple[Protocol, int], set[tuple[str, str]]] = defaultdict(set)
         for service in state.services:
+            for port in service.ports:
+                if bound and port.node_port is not None:
+                    node_port_users[(port.protocol, port.node_port)].add((service.ref, port.name))
             for front in service_fronts(service, node_addresses, left_out):
                 self.fronts.append((service, front))
                 named[front.key].add((service.ref, front.port.name))
@@ -205,6 +214,8 @@ class ClusterIndex:
             # Every Service port on the address:port counts, built or not: one not built here may be built by
             # another release of kube-proxy or another proxy, and then its endpoints are real servers too.
             ports = named[key]
+            if key.address in bound:
+                ports = ports | node_port_users.get((key.protocol, key.port), set())
             if len(ports) == 1:
                 self._targets[key] = targets[0]
                 continue

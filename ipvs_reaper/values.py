@@ -28,6 +28,13 @@ def _in_node_port_networks(address: IPAddress, networks: tuple[IPNetwork, ...]) 
     return not own or any(n.prefixlen == 0 or address in n for n in own)
 
 
+def in_node_port_cidrs(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    """Inside one of the CIDRs of its family, when they are not match-all: kube-proxy's GetNodeIPs path, which
+    walks every interface, kube-ipvs0 included."""
+    own = [n for n in networks if n.version == address.version]
+    return bool(own) and all(n.prefixlen > 0 for n in own) and any(address in n for n in own)
+
+
 def split_node_port_addresses(
     candidates: tuple[IPAddress, ...], networks: tuple[IPNetwork, ...]
 ) -> tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]]:

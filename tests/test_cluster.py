@@ -301,7 +301,7 @@ def _sloppy(text: str) -> Any:
     """Go's ParseIPSloppy, as kube-proxy reads addresses: dotted decimal with leading zeros; IPv4-mapped IPv6
     is the IPv4 address."""
     parts = text.split(".")
-    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 8 and int(p) <= 255 for p in parts):
         return ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
     address = ipaddress.ip_address(text)
     return address.ipv4_mapped or address if address.version == 6 else address

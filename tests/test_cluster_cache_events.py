@@ -29,9 +29,14 @@ def _vip(address: str, number: int) -> VirtualKey:
     return VirtualKey.inet(Protocol.TCP, ipaddress.ip_address(address), number)
 
 
-# Every virtual service the objects below can make: two ClusterIPs (claimed by one or two Services), and a
-# NodePort on either of the node's addresses.
-VIPS = tuple(_vip(a, 80) for a in CLUSTER_IPS) + tuple(_vip(a, 30080) for a in NODE_ADDRESSES)
+# Every virtual service the objects below can make: two ClusterIPs (claimed by one or two Services), a
+# NodePort on either of the node's addresses, and a ClusterIP at the NodePort's number (where, inside
+# nodePortAddresses, kube-proxy puts the NodePort too).
+VIPS = (
+    tuple(_vip(a, 80) for a in CLUSTER_IPS)
+    + tuple(_vip(a, 30080) for a in NODE_ADDRESSES)
+    + (_vip("10.96.0.4", 30080),)
+)
 TABLE = IpvsTable(
     tuple(VirtualService(v, "rr") for v in VIPS),
     tuple(
@@ -61,6 +66,12 @@ _bodies = st.sampled_from(
     ]
     + [(NODE, node("node-a", address)) for address in NODE_ADDRESSES]
     + [(NODE, node("node-b", NODE_ADDRESSES[0]))]
+    # Services kube-proxy does not build on an address another one is built on: they make it ambiguous.
+    + [
+        (SERVICE, service("a", "db", [], [port(80)], type_="ExternalName", external_ips=["10.96.0.2"])),
+        (SERVICE, service("b", "lb", ["10.96.0.9"], [port(80)], lb_ips=["10.96.0.3"], ip_modes=["Proxy"])),
+        (SERVICE, service("b", "high", ["10.96.0.4"], [port(30080)])),
+    ]
 )
 _events = st.lists(st.tuples(st.sampled_from(["upsert", "remove"]), _bodies), max_size=25)
 
@@ -90,12 +101,18 @@ def _apply(cache: ClusterCache, op: str, kind: str, body: dict[str, Any]) -> Any
     return cache.upsert(kind, body) if op == "upsert" else cache.remove(kind, body)
 
 
+_networks = st.sampled_from(
+    [(), (ipaddress.ip_network("10.96.0.0/16"), ipaddress.ip_network("192.168.49.0/24"))]
+)
+
+
 @settings(max_examples=400, deadline=None)
-@given(_events, st.sets(st.sampled_from(VIPS), min_size=1))
+@given(_events, st.sets(st.sampled_from(VIPS), min_size=1), _networks)
 def test_the_view_for_some_virtual_services_decides_as_the_whole_view(
-    events: list[tuple[str, tuple[str, dict[str, Any]]]], keys: set[VirtualKey]
+    events: list[tuple[str, tuple[str, dict[str, Any]]]], keys: set[VirtualKey], networks: Any
 ) -> None:
     cache = listed_cache(Clock())
+    cache.set_node_port_networks(networks)
     for op, (kind, body) in events:
         _apply(cache, op, kind, body)
     whole = _decisions(cache.snapshot())
@@ -104,12 +121,14 @@ def test_the_view_for_some_virtual_services_decides_as_the_whole_view(
 
 
 @settings(max_examples=400, deadline=None)
-@given(_events, _events)
+@given(_events, _events, _networks)
 def test_an_event_names_every_virtual_service_it_changes_the_decision_for(
     history: list[tuple[str, tuple[str, dict[str, Any]]]],
     events: list[tuple[str, tuple[str, dict[str, Any]]]],
+    networks: Any,
 ) -> None:
     cache = listed_cache(Clock())
+    cache.set_node_port_networks(networks)
     for op, (kind, body) in history:
         _apply(cache, op, kind, body)
     for op, (kind, body) in events:
@@ -147,3 +166,17 @@ def test_the_same_version_again_changes_nothing() -> None:
     body["metadata"]["resourceVersion"] = "18"
     body["spec"]["clusterIPs"] = ["10.96.0.3"]
     assert cache.upsert(SERVICE, body).keys == {_vip("10.96.0.2", 80), _vip("10.96.0.3", 80)}
+
+
+def test_inside_node_port_addresses_a_node_port_on_any_service_address_is_in_view_and_events() -> None:
+    # kube-proxy walks kube-ipvs0 too when nodePortAddresses is set: web's NodePort 30080 then stands on
+    # high's ClusterIP as well, whose own port is 30080. Neither object names the other.
+    cache = listed_cache(Clock())
+    cache.set_node_port_networks((ipaddress.ip_network("10.96.0.0/16"),))
+    cache.upsert(SERVICE, service("b", "high", ["10.96.0.4"], [port(30080)]))
+    affected = cache.upsert(SERVICE, service("a", "web", ["10.96.0.2"], [port(80, node_port=30080)]))
+    assert affected.everything
+    key = _vip("10.96.0.4", 30080)
+    assert {s.name for s in cache.view_for({key}).services} == {"high", "web"}
+    decisions = _decisions(cache.view_for({key}), frozenset({key}))
+    assert decisions and all("several Service ports" in d.reason for d in decisions.values())

@@ -75,6 +75,12 @@ def services(draw: st.DrawFn, namespace: str, name: str) -> dict[str, Any]:
         spec.update(
             clusterIP=cluster_ips[0], clusterIPs=cluster_ips, ipFamilies=families, ipFamilyPolicy=policy
         )
+        skew = draw(st.integers(0, 9))
+        if skew in (0, 2):
+            del spec["ipFamilies"]  # an object from before dual-stack: kube-proxy reads the singular field
+        if skew in (1, 2):
+            # Hand-made or skewed: the two fields disagree (GetClusterIPByFamily reads one of them).
+            spec["clusterIPs"] = [draw(st.sampled_from(pools[family])) for family in reversed(families)]
     # As the API allows: one port may be unnamed, several must have names and differ in port or protocol.
     count = draw(st.integers(1, 2))
     names = [draw(st.sampled_from(["", "a"]))] if count == 1 else ["a", "b"]
@@ -135,6 +141,10 @@ def slices(draw: st.DrawFn, service: dict[str, Any], index: int) -> dict[str, An
         }
         for _ in range(draw(st.integers(0, 3)))
     ]
+    for endpoint in endpoints:
+        if family == "IPv4" and draw(st.integers(0, 5)) == 0:
+            # The API's IPv4 check took "::ffff:10.1.0.1" before its strict validation.
+            endpoint["addresses"] = [f"::ffff:{a}" for a in endpoint["addresses"]]
     ports = [
         {"name": p["name"], "port": draw(st.sampled_from(TARGET_PORTS)), "protocol": p["protocol"]}
         for p in service["spec"]["ports"]
@@ -231,7 +241,7 @@ def worlds(draw: st.DrawFn) -> World:
     # The slices' endpoints, so that real servers meet every condition reading often.
     in_slices = sorted(
         {
-            (address, p["port"])
+            (str(oracle.parse_ip_sloppy(address)), p["port"])
             for i in items
             if i["kind"] == "EndpointSlice"
             for e in i["endpoints"]
@@ -269,7 +279,8 @@ def worlds(draw: st.DrawFn) -> World:
 def _named(service: dict[str, Any]) -> list[str]:
     """Every address a Service names (not its NodePorts')."""
     spec = service["spec"]
-    addresses = [a for a in spec.get("clusterIPs", []) if a != "None"] + spec.get("externalIPs", [])
+    cluster_ips = [spec.get("clusterIP", ""), *spec.get("clusterIPs", [])]
+    addresses = [a for a in dict.fromkeys(cluster_ips) if a not in ("", "None")] + spec.get("externalIPs", [])
     return addresses + [i["ip"] for i in service["status"]["loadBalancer"].get("ingress", [])]
 
 
@@ -364,7 +375,8 @@ def _kept_on_purpose(
             for endpoint in endpoint_slice["endpoints"]:
                 conditions = endpoint["conditions"]
                 # Every address counts and a missing serving is true (kube-proxy reads only the first).
-                if str(rs.key.address) in endpoint["addresses"] and (
+                addresses = {str(oracle.parse_ip_sloppy(a)) for a in endpoint["addresses"]}
+                if str(rs.key.address) in addresses and (
                     conditions.get("ready") is not False or conditions.get("serving") is not False
                 ):
                     return "an endpoint the API calls ready or serving, at any of its addresses"
@@ -381,6 +393,15 @@ def _kept_on_purpose(
 def _naming(world: World, key: VirtualKey) -> set[tuple[str, str]]:
     """The (Service, port name) pairs whose addresses or NodePorts (on any address of the node) are `key`."""
     node_addresses = {*world.node.local_addresses, *world.local_given, NODE_IP}
+    # With nodePortAddresses kube-proxy walks kube-ipvs0 too: a NodePort on any Service address inside them.
+    cidrs = [ipaddress.ip_network(c) for c in world.node.node_port_cidrs]
+    services = [i for i in world.items if i["kind"] == "Service"]
+    node_addresses |= {
+        a
+        for s in services
+        for a in _named(s)
+        if any(ipaddress.ip_address(a).version == n.version and ipaddress.ip_address(a) in n for n in cidrs)
+    }
     found = set()
     for service in (i for i in world.items if i["kind"] == "Service"):
         ref = f"{service['metadata']['namespace']}/{service['metadata']['name']}"

@@ -34,7 +34,7 @@ from ipvs_reaper.cluster.parse import (
     parse_service,
 )
 from ipvs_reaper.mapping import service_fronts
-from ipvs_reaper.values import IPAddress, IPNetwork, VirtualKey, split_node_port_addresses
+from ipvs_reaper.values import IPAddress, IPNetwork, Protocol, VirtualKey, split_node_port_addresses
 
 SERVICE, ENDPOINT_SLICE, NODE = "Service", "EndpointSlice", "Node"
 KINDS = (SERVICE, ENDPOINT_SLICE, NODE)
@@ -149,6 +149,8 @@ class ClusterCache:
         # costs four times the memory on a cluster of tens of thousands of objects.
         self._claims: dict[VirtualKey, tuple[ObjectKey, ...]] = {}
         self._service_keys: dict[ObjectKey, tuple[VirtualKey, ...]] = {}
+        # The Services with a NodePort, by (protocol, port).
+        self._node_port_users: dict[tuple[Protocol, int], tuple[ObjectKey, ...]] = {}
         self._slices_of: dict[str, tuple[ObjectKey, ...]] = {}
 
     # --- feeding -------------------------------------------------------------------------------------------
@@ -285,13 +287,21 @@ class ClusterCache:
         addresses, left_out = self._node_addresses()
         if not addresses and not left_out and self._node is None:
             return ()
-        return (Node(self._node_name, addresses, left_out),)
+        return (Node(self._node_name, addresses, left_out, self._node_port_networks),)
 
     def view_for(self, keys: Iterable[VirtualKey]) -> ClusterState:
         """The part of the view that decides these virtual services: every Service claiming one of them,
         those Services' slices, this node, and the whole view's problems. The planner decides the same for
         their real servers as with the whole view (property-tested)."""
+        keys = tuple(keys)
         services = {key for virtual in keys for key in self._claims.get(virtual, ())}
+        if self._node_port_networks:
+            # Inside nodePortAddresses a NodePort may stand on any Service's address (mapping.ClusterIndex).
+            services |= {
+                key
+                for virtual in keys
+                for key in self._node_port_users.get((virtual.protocol, virtual.port), ())
+            }
         slices = {
             key
             for service in services
@@ -370,6 +380,9 @@ class ClusterCache:
         if key in self._broken and self._broken[key].scope is None:
             return EVERYTHING  # its going or coming makes the whole view (un)usable
         if key.kind == SERVICE:
+            held = self._services.get(key)
+            if held is not None and self._node_port_networks and _node_ports(held):
+                return EVERYTHING  # its NodePorts stand on any Service's address inside nodePortAddresses
             return Affected(frozenset(self._service_keys.get(key, ())))
         held = self._slices.get(key)
         if held is None:
@@ -412,6 +425,7 @@ class ClusterCache:
             self._services.clear()
             self._claims.clear()
             self._service_keys.clear()
+            self._node_port_users.clear()
         elif kind == ENDPOINT_SLICE:
             self._slices.clear()
             self._slices_of.clear()
@@ -424,7 +438,8 @@ class ClusterCache:
         self._versions.pop(key, None)
         self._broken.pop(key, None)
         if key in self._services:
-            del self._services[key]
+            for at in _node_ports(self._services.pop(key)):
+                _drop(self._node_port_users, at, key)
             for virtual in self._service_keys.pop(key, ()):
                 _drop(self._claims, virtual, key)
         held = self._slices.pop(key, None)
@@ -452,6 +467,8 @@ class ClusterCache:
         self._service_keys[key] = keys
         for virtual in keys:
             _add(self._claims, virtual, key)
+        for at in _node_ports(service):
+            _add(self._node_port_users, at, key)
 
     def _put_slice(self, key: ObjectKey, endpoint_slice: EndpointSlice) -> None:
         self._slices[key] = endpoint_slice
@@ -470,6 +487,10 @@ class ClusterCache:
         self._service_keys.clear()
         for key, service in self._services.items():
             self._put_service(key, service)
+
+
+def _node_ports(service: Service) -> set[tuple[Protocol, int]]:
+    return {(port.protocol, port.node_port) for port in service.ports if port.node_port is not None}
 
 
 def _add(index: dict[Any, tuple[ObjectKey, ...]], at: Any, key: ObjectKey) -> None:

@@ -88,6 +88,8 @@ class Node:
     # an address also bound to kube-ipvs0) could put one there, so a Service port there still counts when
     # telling whether a virtual service is claimed by several Service ports.
     left_out: tuple[IPAddress, ...] = ()
+    # kube-proxy's --nodeport-addresses: inside them it puts NodePorts on kube-ipvs0's addresses too.
+    node_port_networks: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +157,12 @@ class ClusterState:
             tuple(a for a in candidates if a not in service_addresses), networks
         )
         left_out += tuple(a for a in candidates if a in service_addresses)
-        if node is None and not candidates:
+        if node is None and not candidates and not networks:
             return self
         return replace(
             self,
-            nodes=(*(n for n in self.nodes if n.name != node_name), Node(node_name, addresses, left_out)),
+            nodes=(
+                *(n for n in self.nodes if n.name != node_name),
+                Node(node_name, addresses, left_out, networks),
+            ),
         )

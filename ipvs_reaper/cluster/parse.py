@@ -35,7 +35,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDING_LABELS = ("service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless")
 _PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
 _FAMILIES = {"IPv4": 4, "IPv6": 6}
-_SLOPPY_IPV4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
+_SLOPPY_IPV4 = re.compile(r"([0-9]{1,8})\.([0-9]{1,8})\.([0-9]{1,8})\.([0-9]{1,8})")
 
 
 @dataclass(frozen=True, slots=True)
