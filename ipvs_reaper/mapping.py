@@ -111,9 +111,13 @@ def service_fronts(
     built by kube-proxy or not."""
     node_addresses, left_out = tuple(node_addresses), tuple(left_out)
     whole = _service_skipped(service)
+    written = (
+        *service.cluster_ips,
+        *(() if service.unlisted_cluster_ip is None else (service.unlisted_cluster_ip,)),
+    )
     if whole is not None:
         for port in service.ports:
-            for address in service.cluster_ips:
+            for address in written:
                 yield Front(
                     VirtualKey.inet(port.protocol, address, port.port), port, FrontKind.CLUSTER_IP, whole
                 )
@@ -121,11 +125,7 @@ def service_fronts(
         cluster_ip = cluster_ip_of_family(service, family) if whole is None else None
         no_cluster_ip = f"IPv{family} address of a Service with no IPv{family} ClusterIP"
         skipped = whole or (None if cluster_ip is not None else no_cluster_ip)
-        unread = (
-            [a for a in service.cluster_ips if a.version == family and a != cluster_ip]
-            if whole is None
-            else []
-        )
+        unread = [a for a in written if a.version == family and a != cluster_ip] if whole is None else []
         for port in service.ports:
             if cluster_ip is not None:
                 yield Front(VirtualKey.inet(port.protocol, cluster_ip, port.port), port, FrontKind.CLUSTER_IP)
@@ -197,7 +197,11 @@ class ClusterIndex:
         # With nodePortAddresses, kube-proxy puts NodePorts on kube-ipvs0's addresses inside them too (a
         # ClusterIP, say). Not claimed, but such a NodePort makes the address:port ambiguous. Looked up per
         # key, not made into fronts: every ClusterIP times every NodePort would be too many.
-        bound = {a for s in state.services for a in s.addresses() if in_node_port_cidrs(a, networks)}
+        bound = (
+            {a for s in state.services for a in s.addresses() if in_node_port_cidrs(a, networks)}
+            if networks
+            else set()
+        )
         node_port_users: dict[tuple[Protocol, int], set[tuple[str, str]]] = defaultdict(set)
         for service in state.services:
             for port in service.ports:

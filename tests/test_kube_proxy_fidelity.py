@@ -349,6 +349,9 @@ def check_safe(world: World, decisions: tuple[Decision, ...]) -> None:
         wanted = oracle.wanted_real_servers(world.items, world.node, virtual)
         assert (str(rs.key.address), rs.key.port) not in wanted, f"reaped a wanted real server: {decision}"
         assert rs.weight == 0
+        # Not the oracle's (it models one release and no other proxy): an address:port several Service ports
+        # name, whether this kube-proxy builds it for them or not, is never judged.
+        assert len(_naming(world, rs.key.virtual)) == 1, f"reaped on an address:port several name: {decision}"
 
 
 def _service(world: World, ref: tuple[str, str]) -> dict[str, Any]:
@@ -383,10 +386,12 @@ def _kept_on_purpose(
     if len(_naming(world, rs.key.virtual)) > 1:
         return "several Service ports name this address:port, built here or not: never judged"
     node_port = any(p.get("nodePort") == rs.key.virtual.port for p in service["spec"]["ports"])
-    if node_port and (
-        world.node.node_port_cidrs or set(world.local_given) != set(world.node.local_addresses)
-    ):
-        return "NodePorts with nodePortAddresses or unknown interfaces: only addresses surely kube-proxy's"
+    if node_port and set(world.local_given) != set(world.node.local_addresses):
+        return "NodePorts with the interfaces unknown or mixed with kube-ipvs0's: only surely the node's"
+    address = rs.key.virtual.address
+    named = {a for s in world.items if s["kind"] == "Service" for a in _named(s)}
+    if node_port and world.node.node_port_cidrs and (str(address) in named or address.is_link_local):
+        return "NodePorts inside nodePortAddresses on kube-ipvs0's or link-local addresses: not claimed"
     return None
 
 

@@ -380,8 +380,8 @@ class ClusterCache:
         if key in self._broken and self._broken[key].scope is None:
             return EVERYTHING  # its going or coming makes the whole view (un)usable
         if key.kind == SERVICE:
-            held = self._services.get(key)
-            if held is not None and self._node_port_networks and _node_ports(held):
+            service = self._services.get(key)
+            if service is not None and self._node_port_networks and _node_ports(service):
                 return EVERYTHING  # its NodePorts stand on any Service's address inside nodePortAddresses
             return Affected(frozenset(self._service_keys.get(key, ())))
         held = self._slices.get(key)

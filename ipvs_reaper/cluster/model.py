@@ -39,6 +39,9 @@ class Service:
     excluding_label: str | None = None
     # The EndpointSlice controller writes at least one slice for a Service with a selector.
     has_selector: bool = False
+    # spec.clusterIP when spec.clusterIPs does not list it (a hand-made object): kube-proxy may not read it,
+    # but it is an address the Service names.
+    unlisted_cluster_ip: IPAddress | None = None
 
     @property
     def ref(self) -> str:
@@ -46,7 +49,8 @@ class Service:
 
     def addresses(self) -> tuple[IPAddress, ...]:
         """Every address it names; on an IPVS node kube-proxy binds those it proxies to kube-ipvs0."""
-        return (*self.cluster_ips, *self.external_ips, *(i.ip for i in self.load_balancer_ingress))
+        unlisted = () if self.unlisted_cluster_ip is None else (self.unlisted_cluster_ip,)
+        return (*self.cluster_ips, *unlisted, *self.external_ips, *(i.ip for i in self.load_balancer_ingress))
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,6 +175,9 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
     if not ip_families:
         cluster_ip_texts = [cluster_ip, *(text for text in cluster_ip_texts if text != cluster_ip)]
     cluster_ips = () if cluster_ip in ("", "None") else _ips(cluster_ip_texts, "spec.clusterIPs")
+    unlisted = (
+        _ip(cluster_ip, "spec.clusterIP") if cluster_ips and cluster_ip not in cluster_ip_texts else None
+    )
     external_ips = _ips(_get(spec, "externalIPs", "spec", list, []), "spec.externalIPs")
     ports = []
     for i, port in enumerate(_get(spec, "ports", "spec", list, [])):
@@ -201,6 +204,7 @@ def parse_service(obj: Mapping[str, Any]) -> Service:
         ip_families=ip_families,
         excluding_label=_excluding_label(meta),
         has_selector=bool(_get(spec, "selector", "spec", dict, {})),
+        unlisted_cluster_ip=unlisted,
     )
 
 

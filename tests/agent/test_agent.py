@@ -4,8 +4,10 @@ real HTTP (list, watch, 410 Gone, dropped streams, outages), with a fake IPVS ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -213,44 +215,47 @@ async def test_an_unreachable_api_pauses_reaping_and_readiness_and_both_recover(
             await eventually(lambda: keys(fake) == ["10.96.0.2:80 -> 10.1.0.2"], what="reaped after recovery")
 
 
+@contextlib.asynccontextmanager
+async def ready_with_config(api: Any, tmp_path: Path, text: str) -> AsyncIterator[tuple[Any, FakeIpvs, Path]]:
+    """A ready agent with this config file, over web with a live and a stale real server."""
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=0)))
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        async with running(options(tmp_path, str(api.url), config_path=config), fake) as agent:
+            await eventually(lambda: not agent.not_ready_because(), what="ready")
+            yield agent, fake, config
+
+
+async def swept(agent: Any) -> None:
+    agent.request_sweep()
+    await asyncio.sleep(0.3)
+
+
 async def test_a_garbage_config_keeps_the_last_good_one_and_a_valid_change_applies(
     api: Any, tmp_path: Path
 ) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("policy:\n  gone: {reap: never}\n")
-    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=0)))
-    async with Cluster(str(api.url)) as cluster:
-        await seed(cluster, web_slice(endpoint("10.1.0.1")))
-        async with running(options(tmp_path, str(api.url), config_path=config), fake) as agent:
-            await eventually(lambda: not agent.not_ready_because(), what="ready")
-            agent.request_sweep()
-            await asyncio.sleep(0.3)
-            assert fake.deleted == []  # the operator said never
-            config.write_text("policy: [this is: not, a mapping\n")
-            await eventually(lambda: agent.metrics.config_error._value.get() == 1, timeout=5, what="rejected")
-            agent.request_sweep()
-            await asyncio.sleep(0.3)
-            assert fake.deleted == []  # still the last good config, not the (reaping) defaults
-            assert (await http_status(readyz(agent)))[0] == 200
-            config.write_text("policy:\n  gone: {reap: idle}\n")
-            await eventually(lambda: bool(fake.deleted), timeout=5, what="applied without restart")
-            assert agent.metrics.config_error._value.get() == 0
+    async with ready_with_config(api, tmp_path, "policy:\n  gone: {reap: never}\n") as (agent, fake, config):
+        await swept(agent)
+        assert fake.deleted == []  # the operator said never
+        config.write_text("policy: [this is: not, a mapping\n")
+        await eventually(lambda: agent.metrics.config_error._value.get() == 1, timeout=5, what="rejected")
+        await swept(agent)
+        assert fake.deleted == []  # still the last good config, not the (reaping) defaults
+        assert (await http_status(readyz(agent)))[0] == 200
+        config.write_text("policy:\n  gone: {reap: idle}\n")
+        await eventually(lambda: bool(fake.deleted), timeout=5, what="applied without restart")
+        assert agent.metrics.config_error._value.get() == 0
 
 
 async def test_exclude_cidrs_are_read_live(api: Any, tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("excludeCIDRs: [10.96.0.0/24]\n")
-    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080, weight=0)))
-    async with Cluster(str(api.url)) as cluster:
-        await seed(cluster, web_slice(endpoint("10.1.0.1")))
-        async with running(options(tmp_path, str(api.url), config_path=config), fake) as agent:
-            await eventually(lambda: not agent.not_ready_because(), what="ready")
-            agent.request_sweep()
-            await asyncio.sleep(0.3)
-            assert fake.deleted == []  # the operator said another IPVS user lives there
-            config.write_text("excludeCIDRs: [10.250.0.0/24]\n")
-            await eventually(lambda: bool(fake.deleted), timeout=5, what="applied without restart")
-            assert keys(fake) == ["10.96.0.2:80 -> 10.1.0.2"]
+    async with ready_with_config(api, tmp_path, "excludeCIDRs: [10.96.0.0/24]\n") as (agent, fake, config):
+        await swept(agent)
+        assert fake.deleted == []  # the operator said another IPVS user lives there
+        config.write_text("excludeCIDRs: [10.250.0.0/24]\n")
+        await eventually(lambda: bool(fake.deleted), timeout=5, what="applied without restart")
+        assert keys(fake) == ["10.96.0.2:80 -> 10.1.0.2"]
 
 
 async def test_grace_runs_on_the_injected_clock(api: Any, tmp_path: Path) -> None:
