@@ -336,3 +336,14 @@ def test_cluster_ips_are_read_as_get_cluster_ip_by_family_reads_them() -> None:
     shorter = service("shop", "web", ["10.50.0.9"], [port(80)])
     del shorter["spec"]["clusterIPs"]  # with ipFamilies only clusterIPs is read: none, so nothing at all
     kept(decide([shorter, web_slice(), NODE], "10.50.0.9:80", f"{POD}:8080"))
+
+
+def test_a_cluster_ip_that_cluster_ips_does_not_list_is_still_named() -> None:
+    # A hand-made object another proxy serves: kube-proxy reads clusterIPs (ipFamilies is set), another reader
+    # may take clusterIP. Either way 10.96.0.10:80 is not web's alone.
+    other = service(
+        "shop", "mesh", ["10.96.0.10"], [port(80)], labels={"service.kubernetes.io/service-proxy-name": "x"}
+    )
+    other["spec"]["clusterIPs"] = ["10.96.0.11"]
+    web = service("shop", "web", ["10.96.0.10"], [port(80)])
+    kept(decide([web, other, web_slice(), NODE], "10.96.0.10:80", f"{POD}:8080"), "several Service ports")
