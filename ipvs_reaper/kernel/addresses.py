@@ -46,32 +46,28 @@ def read_local_addresses() -> tuple[IPAddress, ...]:
             ]
     except (NetlinkError, OSError) as error:
         raise AddressError(f"reading the node's addresses over netlink: {error}") from None
-    by_device = []
+    addresses = []
     for device, text in found:
-        if not text:
+        # GetAllLocalAddressesExcept(kube-ipvs0): an address also on another interface (an externalIP that is
+        # the node's own) is taken from that interface and carries NodePorts, as since kube-proxy 1.27.
+        if device == SERVICE_DEVICE or not text:
             continue
         try:
-            by_device.append((device, ipaddress.ip_address(text.partition("%")[0])))
+            addresses.append(ipaddress.ip_address(text.partition("%")[0]))
         except ValueError:
             continue  # not an IP address family kube-proxy uses
-    return _outside_service_device(by_device)
+    return _unique(addresses)
 
 
-def _outside_service_device(by_device: Iterable[tuple[str | None, IPAddress]]) -> tuple[IPAddress, ...]:
-    # GetAllLocalAddressesExcept(kube-ipvs0): an address also on another interface (an externalIP that is the
-    # node's own) carries NodePorts since kube-proxy 1.27. Before, it did not; such an address is named by a
-    # Service, whose own virtual service there makes any NodePort on it ambiguous, and so kept.
-    return _unique(address for device, address in by_device if device != SERVICE_DEVICE)
-
-
-def _from_ip_json(document: Any, source: str) -> list[tuple[str | None, IPAddress]]:
+def _from_ip_json(document: Any, source: str) -> list[IPAddress]:
     if not isinstance(document, list):
         raise InputError(f"{source}: expected the JSON list `ip -j addr` prints")
     addresses = []
     for i, link in enumerate(document):
         if not isinstance(link, dict) or not isinstance(link.get("addr_info", []), list):
             raise InputError(f"{source}: [{i}]: expected an interface with addr_info")
-        device = link.get("ifname") if isinstance(link.get("ifname"), str) else None
+        if link.get("ifname") == SERVICE_DEVICE:
+            continue
         for j, info in enumerate(link.get("addr_info", [])):
             if info == {}:
                 continue  # `ip` prints an empty object for an address it cannot show
@@ -79,7 +75,7 @@ def _from_ip_json(document: Any, source: str) -> list[tuple[str | None, IPAddres
             try:
                 if not isinstance(local, str):
                     raise ValueError(local)
-                addresses.append((device, ipaddress.ip_address(local)))
+                addresses.append(ipaddress.ip_address(local))
             except ValueError:
                 raise InputError(
                     f"{source}: [{i}].addr_info[{j}].local: {local!r} is not an IP address"
@@ -102,7 +98,7 @@ def parse_node_addresses(text: str, source: str) -> tuple[IPAddress, ...]:
             raise InputError(f"{source}: not valid JSON: line {error.lineno}: {error.msg}") from None
         except RecursionError:
             raise InputError(f"{source}: nested too deeply to be `ip -j addr` output") from None
-        return _outside_service_device(_from_ip_json(document, source))
+        return _unique(_from_ip_json(document, source))
     addresses = []
     for number, line in enumerate(text.splitlines(), start=1):
         for word in line.split():
