@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.kernel.exposure import Exposure, exposure_verdict, weight0_fix_status
-from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text
+from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl_text, read_live_facts
+from ipvs_reaper.kernel.sysctl import ProcSysctls
 
 DEBIAN_61 = ("6.1.0-18-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)")
 
@@ -88,3 +91,41 @@ def test_sysctl_text() -> None:
     with pytest.raises(InputError, match=r"s.txt: line 1"):
         parse_sysctl_text("net.ipv4.vs.conn_reuse_mode = zero\n", "s.txt")
     assert facts_from_input(None, None, {}).source == "none"
+
+
+@pytest.mark.parametrize(
+    ("taint", "release", "expected"),
+    [
+        # Debian's own module, untainted: the version decides (6.1 carries the fix; 5.4.100 does not).
+        ("", DEBIAN_61, Exposure.NOT_EXPOSED),
+        ("", ("5.4.100", None), Exposure.EXPOSED),
+        # Unsigned only (a self-built kernel's own module): still the kernel's own IPVS.
+        ("E", DEBIAN_61, Exposure.NOT_EXPOSED),
+        # Built outside the tree (DKMS, a vendor's or a lab's rebuild): the version says nothing, either way.
+        ("OE", DEBIAN_61, Exposure.UNKNOWN),
+        ("O", ("5.4.100", None), Exposure.UNKNOWN),
+    ],
+)
+def test_an_out_of_tree_ip_vs_makes_the_version_say_nothing(
+    taint: str, release: tuple[str, str | None], expected: Exposure
+) -> None:
+    kernel = KernelFacts(*release, 0, 1, 1, source="live", ip_vs_taint=taint)
+    verdict = exposure_verdict(kernel)
+    assert verdict.exposure is expected, verdict.reason
+    if expected is Exposure.UNKNOWN:
+        assert "outside the kernel tree" in verdict.reason and "--probe-kernel" in verdict.reason
+
+
+def test_the_taint_does_not_matter_where_the_sysctls_decide() -> None:
+    for reuse, nodest, expected in ((0, 0, Exposure.EXPOSED), (1, 1, Exposure.NOT_EXPOSED)):
+        kernel = KernelFacts(*DEBIAN_61, reuse, nodest, 1, source="live", ip_vs_taint="OE")
+        assert exposure_verdict(kernel).exposure is expected
+
+
+def test_the_live_facts_read_the_modules_taint(tmp_path: Path) -> None:
+    sysctls = ProcSysctls(tmp_path)
+    taint = tmp_path / "taint"
+    taint.write_text("OE\n")
+    assert read_live_facts(sysctls, tmp_path, taint).ip_vs_taint == "OE"
+    # ip_vs not loaded: nothing to say.
+    assert read_live_facts(sysctls, tmp_path, tmp_path / "absent").ip_vs_taint is None

@@ -10,7 +10,7 @@ from typing import Any
 
 from ipvs_reaper.doctor.findings import Finding, Severity
 from ipvs_reaper.doctor.probe import ProbeRow
-from ipvs_reaper.kernel.exposure import Verdict
+from ipvs_reaper.kernel.exposure import Exposure, Verdict, exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.netfilter.rules import Table
 from ipvs_reaper.report import kernel_json
@@ -101,12 +101,23 @@ def doctor_table(report: DoctorReport, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def _version_agrees(verdict: Verdict, exposed: bool | None) -> bool | None:
+    """Whether the verdict `scan` gives from the version and sysctls matches the measurement: None when
+    either could not tell."""
+    if exposed is None or verdict.exposure is Exposure.UNKNOWN:
+        return None
+    return (verdict.exposure is Exposure.EXPOSED) == exposed
+
+
 def probe_json(rows: Sequence[ProbeRow], facts: KernelFacts, exposed: bool | None) -> dict[str, Any]:
+    verdict = exposure_verdict(facts)
     return {
         "schemaVersion": SCHEMA_VERSION,
-        "kernel": {"release": facts.release, "version": facts.version},
+        "kernel": {"release": facts.release, "version": facts.version, "ipVsTaint": facts.ip_vs_taint},
         "node": {"connReuseMode": facts.conn_reuse_mode, "expireNodestConn": facts.expire_nodest_conn},
         "exposedAtNodeSettings": exposed,
+        "versionVerdict": {"exposure": verdict.exposure.value, "reason": verdict.reason},
+        "versionAgrees": _version_agrees(verdict, exposed),
         "rows": [row.as_json() for row in rows],
     }
 
@@ -132,6 +143,11 @@ def probe_table(rows: Sequence[ProbeRow], facts: KernelFacts, exposed: bool | No
         exposed
     ]
     lines += ["", f"This node ({node}): {verdict}, as measured on this kernel."]
+    from_version = exposure_verdict(facts)
+    agrees = _version_agrees(from_version, exposed)
+    judged = {True: "agrees", False: "DISAGREES (trust the measurement)", None: "cannot tell"}[agrees]
+    lines.append(f"From the version and sysctls, `scan` says {from_version.exposure.value}: it {judged}.")
+    lines += _wrap("why:", from_version.reason, 100)
     return "\n".join(lines)
 
 

@@ -111,10 +111,18 @@ def exposure_verdict(facts: KernelFacts) -> Verdict:
             "server of a dead pod, and once it is deleted the packets are dropped until the entry expires",
         )
     fix = weight0_fix_status(facts.release, facts.version)
+    if facts.ip_vs_taint is not None and "O" in facts.ip_vs_taint:
+        # A DKMS or vendor-supplied ip_vs (or a lab's rebuild) may carry any IPVS, fixed or not.
+        fix = FixStatus(
+            None,
+            f"the loaded ip_vs module was built outside the kernel tree (taint {facts.ip_vs_taint!r}): "
+            f"{facts.release or 'the kernel'}'s version says nothing about its IPVS",
+        )
     if fix.present is None:
         return Verdict(
             Exposure.UNKNOWN,
-            f"conn_reuse_mode=0, expire_nodest_conn=1, and {fix.reason}; c95c07836fa4 decides it",
+            f"conn_reuse_mode=0, expire_nodest_conn=1, and {fix.reason}; c95c07836fa4 decides it "
+            "(`ipvs-reaper doctor --probe-kernel` measures it)",
         )
     if fix.present:
         return Verdict(

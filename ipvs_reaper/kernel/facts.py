@@ -24,9 +24,13 @@ class KernelFacts:
     expire_nodest_conn: int | None
     expire_quiescent_template: int | None
     source: str  # "live": read on this node; "input": given on the command line; "none": not known
+    # /sys/module/ip_vs/taint when ip_vs is loaded ("" for a module of the kernel's own build). An "O" says
+    # the module was built outside the kernel tree, so the kernel's version says nothing about its IPVS.
+    ip_vs_taint: str | None = None
 
 
 UNKNOWN_KERNEL = KernelFacts(None, None, None, None, None, source="none")
+IP_VS_TAINT = Path("/sys/module/ip_vs/taint")
 
 
 def _read_optional(path: Path) -> str | None:
@@ -36,7 +40,9 @@ def _read_optional(path: Path) -> str | None:
         return None
 
 
-def read_live_facts(sysctls: Sysctls, proc_kernel: Path = Path("/proc/sys/kernel")) -> KernelFacts:
+def read_live_facts(
+    sysctls: Sysctls, proc_kernel: Path = Path("/proc/sys/kernel"), ip_vs_taint: Path = IP_VS_TAINT
+) -> KernelFacts:
     return KernelFacts(
         release=_read_optional(proc_kernel / "osrelease"),
         version=_read_optional(proc_kernel / "version"),
@@ -44,6 +50,7 @@ def read_live_facts(sysctls: Sysctls, proc_kernel: Path = Path("/proc/sys/kernel
         expire_nodest_conn=sysctls.read(EXPIRE_NODEST_CONN),
         expire_quiescent_template=sysctls.read(EXPIRE_QUIESCENT_TEMPLATE),
         source="live",
+        ip_vs_taint=_read_optional(ip_vs_taint),
     )
 
 

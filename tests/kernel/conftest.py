@@ -1,12 +1,15 @@
 """The real-kernel tier.
 
-On the host (no IPVS) every test here is replaced by a proxy; the first proxy to run boots one throwaway VM
-for the whole session and runs all selected tests of this folder in it with pytest; each proxy then reports
-its own test's outcome from the guest, with the guest's failure text. A skip inside the guest, a test that
-did not run, or a VM that did not boot are failures: this tier never skips silently.
+On the host (no IPVS) every test here is replaced by a proxy per kernel variant it runs on
+(tests/vm/variant.py): Debian 6.1 by default, or those a `@pytest.mark.kernels(...)` names (the pre-fix
+IPVS, Debian's 5.10 and 6.12); a proxy's name ends in `@<variant>` but on Debian 6.1. The first proxy of a
+variant to run boots one throwaway VM for that variant and runs all its selected tests in it with pytest;
+each proxy then reports its own test's outcome from the guest, with the guest's failure text. A skip inside
+the guest, a test that did not run, or a VM that did not boot are failures: this tier never skips silently.
 
 In the guest (IPVS_REAPER_GUEST=1) the tests run for real, and a small reporter writes each result as a
-JSON line to the results share."""
+JSON line to the results share. The `variant` fixture says which IPVS the guest runs, checked against the
+module actually loaded before any test."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from tests.vm.errors import VmError
 from tests.vm.guest_report import REPORT_NAME, append_report_line, guest_failure, read_guest_report
 from tests.vm.image import ensure_image
 from tests.vm.machine import VmRun, run_in_vm
+from tests.vm.variant import DEFAULT, ENVIRONMENT, Variant, check_loaded_module
+from tests.vm.variant import current as current_variant
 
 IN_GUEST = os.environ.get("IPVS_REAPER_GUEST") == "1"
 HERE = Path(__file__).resolve().parent
@@ -36,13 +41,25 @@ def in_tier(item: pytest.Item) -> bool:
     return Path(str(item.path)).resolve().is_relative_to(HERE)
 
 
+def variants_of(item: pytest.Item) -> list[Variant]:
+    marker = item.get_closest_marker("kernels")
+    if marker is None:
+        return [DEFAULT]
+    return [Variant(name) for name in marker.args]
+
+
 # --- guest side ---------------------------------------------------------------------------------------------
 
 if IN_GUEST:
     from tests.kernel.lab import Lab, prepare_node
 
+    @pytest.fixture(scope="session")
+    def variant() -> Variant:
+        return current_variant()
+
     @pytest.fixture(scope="session", autouse=True)
-    def node() -> None:
+    def node(variant: Variant) -> None:
+        check_loaded_module(variant)
         prepare_node()
 
     @pytest.fixture
@@ -68,6 +85,7 @@ if IN_GUEST:
 
 @dataclass
 class GuestSession:
+    variant: Variant
     nodeids: list[str]
     run: VmRun | None = None
     error: str | None = None
@@ -86,14 +104,20 @@ class GuestSession:
             *self.nodeids,
         ]  # fmt: skip
         try:
-            self.run = run_in_vm(ensure_image(), command, cwd=ROOT, results=results)
+            self.run = run_in_vm(
+                ensure_image(variant=self.variant),
+                command,
+                cwd=ROOT,
+                results=results,
+                env={ENVIRONMENT: self.variant.value},
+            )
         except VmError as error:
             self.error = str(error)
             return
         self.results = read_guest_report(results / REPORT_NAME)
 
 
-GUEST_SESSION = pytest.StashKey[GuestSession]()
+GUEST_SESSIONS = pytest.StashKey[dict[Variant, GuestSession]]()
 
 
 class GuestFailure(Exception):
@@ -101,15 +125,20 @@ class GuestFailure(Exception):
 
 
 class GuestProxy(pytest.Item):
-    """Stands on the host for one test that runs in the VM."""
+    """Stands on the host for one test that runs in the VM, on one variant."""
+
+    def __init__(self, *, variant: Variant, guest_nodeid: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.variant = variant
+        self.guest_nodeid = guest_nodeid
 
     def runtest(self) -> None:
-        session = self.config.stash[GUEST_SESSION]
+        session = self.config.stash[GUEST_SESSIONS][self.variant]
         session.ensure_ran()
         if session.error is not None:
-            raise GuestFailure(f"the kernel VM failed: {session.error}")
+            raise GuestFailure(f"the kernel VM ({self.variant.title}) failed: {session.error}")
         assert session.run is not None
-        phases = session.results.get(self.nodeid, [])
+        phases = session.results.get(self.guest_nodeid, [])
         for phase in phases:
             for title, text in phase["sections"]:
                 self.add_report_section(phase["when"], title.rsplit(" ", 1)[-1], text)
@@ -123,7 +152,7 @@ class GuestProxy(pytest.Item):
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"[in the VM] {self.name}"
+        return self.path, None, f"[in the VM, {self.variant.title}] {self.name}"
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -133,19 +162,31 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 
 if not IN_GUEST:
-    # Last, after -k/-m deselection: the VM runs exactly the tests that are still selected.
-    @pytest.hookimpl(trylast=True)
+    # First, before -k/-m deselection, so that a proxy's own name (`...@pre-fix`) can be selected.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(
         session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
-        proxies: list[str] = []
-        for index, item in enumerate(items):
+        replaced: list[pytest.Item] = []
+        for item in items:
             if not in_tier(item):
+                replaced.append(item)
                 continue
             assert item.parent is not None
-            proxy = GuestProxy.from_parent(item.parent, name=item.name)
-            proxy.own_markers.extend(item.own_markers)
-            proxy.keywords.update(item.keywords)
-            items[index] = proxy
-            proxies.append(proxy.nodeid)
-        config.stash[GUEST_SESSION] = GuestSession(proxies)
+            for variant in variants_of(item):
+                suffix = "" if variant is DEFAULT else f"@{variant.value}"
+                proxy = GuestProxy.from_parent(
+                    item.parent, name=item.name + suffix, variant=variant, guest_nodeid=item.nodeid
+                )
+                proxy.own_markers.extend(item.own_markers)
+                proxy.keywords.update(item.keywords)
+                replaced.append(proxy)
+        items[:] = replaced
+
+    # After every deselection: each variant's VM runs exactly the tests still selected for it.
+    def pytest_collection_finish(session: pytest.Session) -> None:
+        sessions = {variant: GuestSession(variant, []) for variant in Variant}
+        for item in session.items:
+            if isinstance(item, GuestProxy):
+                sessions[item.variant].nodeids.append(item.guest_nodeid)
+        session.config.stash[GUEST_SESSIONS] = sessions

@@ -15,9 +15,35 @@ from functools import partial
 from pathlib import Path
 
 from tests.kernel.pods import Client, PodServer
+from tests.vm.variant import Variant
 
 VS_SYSCTLS = Path("/proc/sys/net/ipv4/vs")
-DEFAULT_SYSCTLS = {"conn_reuse_mode": 1, "expire_nodest_conn": 0}
+# The kernel's own defaults, which every test starts from.
+DEFAULT_SYSCTLS = {
+    "conn_reuse_mode": 1,
+    "expire_nodest_conn": 0,
+    "conntrack": 0,
+    "expire_quiescent_template": 0,
+}
+
+
+def kube_proxy_sysctls(kernel_before_5_9: bool) -> dict[str, int]:
+    """What kube-proxy in IPVS mode sets at start (pkg/proxy/ipvs/proxier.go, NewProxier / the backend's
+    sysctl setup): conntrack, expire_nodest_conn and expire_quiescent_template to 1 on every kernel, and
+    conn_reuse_mode to 0 only on kernels older than 5.9 (IPVSConnReuseModeFixedKernelVersion); from 5.9 on it
+    leaves conn_reuse_mode as it is (the kernel's 1)."""
+    settings = {"conntrack": 1, "expire_nodest_conn": 1, "expire_quiescent_template": 1}
+    settings["conn_reuse_mode"] = 0 if kernel_before_5_9 else DEFAULT_SYSCTLS["conn_reuse_mode"]
+    return settings
+
+
+def incident_sysctls(variant: Variant) -> dict[str, int]:
+    """The settings the incident tests run under. On the pre-fix IPVS (a kernel before 5.9), kube-proxy's
+    own: the incident as nodes had it. Debian's IPVS reschedules a reused port under those (the matrix's
+    kube-proxy row shows it), so there only conn_reuse_mode=0 with expire_nodest_conn=0 reproduces it."""
+    if variant is Variant.PREFIX:
+        return kube_proxy_sysctls(kernel_before_5_9=True)
+    return {"conn_reuse_mode": 0, "expire_nodest_conn": 0}
 
 
 def sh(*args: str, stdin: str | None = None) -> str:
@@ -93,6 +119,10 @@ class Lab:
     @staticmethod
     def sysctl(name: str, value: int) -> None:
         set_proc(VS_SYSCTLS / name, value)
+
+    def sysctls(self, values: dict[str, int]) -> None:
+        for name, value in values.items():
+            self.sysctl(name, value)
 
     @staticmethod
     def read_sysctl(name: str) -> int:

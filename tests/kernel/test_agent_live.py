@@ -26,8 +26,9 @@ from tests import builders
 from tests.agent.harness import CHURN_AGENT, NODES, SERVICES, SLICES, Cluster, free_port, kubeconfig
 from tests.ipvsadm_text import parse_restore_format
 from tests.kernel.cluster import NODE, NODE_IP
-from tests.kernel.lab import Lab
+from tests.kernel.lab import Lab, incident_sysctls
 from tests.kernel.pods import Outcome
+from tests.vm.variant import Variant
 
 REAPER = Path(sys.executable).with_name("ipvs-reaper")
 VIP, PORT = "10.96.7.10", 80
@@ -150,10 +151,12 @@ def agent_writes(api: Any) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def rollout_lab(lab: Lab, source_ports: Iterator[int]) -> Iterator[tuple[Lab, Any, Any, Any]]:
-    """Two pods behind one ClusterIP; two clients whose entries lead to the old pod."""
-    lab.sysctl("conn_reuse_mode", 0)
-    lab.sysctl("expire_nodest_conn", 0)
+def rollout_lab(
+    lab: Lab, source_ports: Iterator[int], variant: Variant
+) -> Iterator[tuple[Lab, Any, Any, Any]]:
+    """Two pods behind one ClusterIP; two clients whose entries lead to the old pod; the node's sysctls
+    those under which the incident happens on this IPVS (kube-proxy's own, on the pre-fix one)."""
+    lab.sysctls(incident_sysctls(variant))
     lab.cluster_ips(VIP)
     old, new = lab.pod("old", OLD), lab.pod("new", NEW)
     old_server = lab.serve(old, PORT)
@@ -166,6 +169,7 @@ def rollout_lab(lab: Lab, source_ports: Iterator[int]) -> Iterator[tuple[Lab, An
     yield lab, old_server, reused, control
 
 
+@pytest.mark.kernels("6.1", "pre-fix")
 async def test_the_agent_ends_the_incident_after_the_slice_event(
     api: Any, tmp_path: Path, rollout_lab: tuple[Lab, Any, Any, Any], source_ports: Iterator[int]
 ) -> None:

@@ -1,6 +1,7 @@
 """The incident, end to end on a real kernel, through the installed `ipvs-reaper` command: a rolling update
 leaves a dead pod's real server at weight 0, clients reusing source ports are refused, and `reap --once`
-ends it."""
+ends it: on the pre-fix IPVS under kube-proxy's own settings, as nodes had it, and on Debian's IPVS under
+the one setting that still exposes it."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pytest
 from tests import builders
 from tests.ipvsadm_text import parse_restore_format
 from tests.kernel.cluster import NODE, write_cluster_state
-from tests.kernel.lab import Lab
+from tests.kernel.lab import Lab, incident_sysctls
 from tests.kernel.pods import Client, Outcome
+from tests.vm.variant import Variant
 
 REAPER = Path(sys.executable).with_name("ipvs-reaper")
 
@@ -80,9 +82,11 @@ def reap(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_reap_once_ends_the_incident(lab: Lab, source_ports: Iterator[int], tmp_path: Path) -> None:
-    lab.sysctl("conn_reuse_mode", 0)
-    lab.sysctl("expire_nodest_conn", 0)
+@pytest.mark.kernels("6.1", "pre-fix")
+def test_reap_once_ends_the_incident(
+    lab: Lab, source_ports: Iterator[int], tmp_path: Path, variant: Variant
+) -> None:
+    lab.sysctls(incident_sysctls(variant))
     rollout = roll_out(lab, source_ports, tmp_path, "10.96.4.10", socket.SOCK_STREAM)
     unrelated = unrelated_service(lab)
     assert rollout.control.tcp(rollout.vip, rollout.port).outcome is Outcome.REFUSED, (

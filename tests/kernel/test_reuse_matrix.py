@@ -1,6 +1,7 @@
 """The kernel-behaviour matrix: where a reused source port goes once its real server is at weight 0 and its
-pod is dead, for each (conn_reuse_mode, expire_nodest_conn) pair, before and after the real server is
-deleted; and whether the exposure verdict we print agrees with what was observed."""
+pod is dead, for each (conn_reuse_mode, expire_nodest_conn) pair and for kube-proxy's own settings, before
+and after the real server is deleted, on Debian's IPVS and on the pre-fix one; and whether the exposure
+verdict we print agrees with what was observed."""
 
 from __future__ import annotations
 
@@ -13,19 +14,10 @@ import pytest
 from ipvs_reaper.cli import main
 from tests import builders
 from tests.kernel.cluster import NODE, write_cluster_state
-from tests.kernel.lab import Lab
+from tests.kernel.expected import DEAD, FIXED, KUBE_PROXY_SETTINGS, LIVE, MATRIX, kernel_before_5_9
+from tests.kernel.lab import Lab, kube_proxy_sysctls
 from tests.kernel.pods import Outcome, Reply
-
-LIVE = "live pod"
-DEAD = "dead pod"
-
-# What the Debian 6.1 kernel (which carries c95c07836fa4) does; kernel-ipvs-facts.md, "Seen on Debian 6.1".
-EXPECTED = {
-    (0, 0): (DEAD, Outcome.TIMEOUT),
-    (0, 1): (LIVE, LIVE),
-    (1, 0): (LIVE, LIVE),
-    (1, 1): (LIVE, LIVE),
-}
+from tests.vm.variant import Variant
 
 
 def where(reply: Reply, dead: str, live: str) -> str:
@@ -38,25 +30,18 @@ def where(reply: Reply, dead: str, live: str) -> str:
     return reply.outcome
 
 
-@pytest.mark.parametrize(("reuse", "nodest"), sorted(EXPECTED))
-def test_reused_port_after_weight_zero(
-    lab: Lab,
-    source_ports: Iterator[int],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    reuse: int,
-    nodest: int,
-) -> None:
-    vip = f"10.96.1.{10 + 2 * reuse + nodest}"
-    lab.sysctl("conn_reuse_mode", reuse)
-    lab.sysctl("expire_nodest_conn", nodest)
+def reused_port(
+    lab: Lab, ports: Iterator[int], tmp_path: Path, vip: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[tuple[str, str], dict[str, object]]:
+    """One pod's real server to weight 0 and the pod killed, then deleted: where the same source port went
+    each time, and the `kernel` part of `scan -o json` at those sysctls."""
     lab.cluster_ips(vip)
     pods = {pod.name: pod for pod in (lab.pod("pod-a", "10.244.1.2"), lab.pod("pod-b", "10.244.1.3"))}
     servers = {name: lab.serve(pod, 80) for name, pod in pods.items()}
     lab.ipvsadm("-A", "-t", f"{vip}:80", "-s", "rr")
     for pod in pods.values():
         lab.ipvsadm("-a", "-t", f"{vip}:80", "-r", f"{pod.address}:80", "-m", "-w", "1")
-    client = lab.client(next(source_ports))
+    client = lab.client(next(ports))
 
     first = client.tcp(vip, 80)
     assert first.pod in pods, f"the first connection must reach a pod, got {first}"
@@ -70,8 +55,6 @@ def test_reused_port_after_weight_zero(
     lab.ipvsadm("-d", "-t", f"{vip}:80", "-r", f"{dead.address}:80")
     after = where(client.tcp(vip, 80), dead.name, live)
 
-    assert (before, after) == EXPECTED[reuse, nodest]
-
     state = write_cluster_state(
         tmp_path / "cluster.json",
         builders.service("shop", "web", [vip], [builders.port(80)]),
@@ -81,7 +64,56 @@ def test_reused_port_after_weight_zero(
     )
     capsys.readouterr()
     assert main(["scan", "-o", "json", "--cluster-state", str(state), "--node-name", NODE]) == 0
-    kernel = json.loads(capsys.readouterr().out)["kernel"]
+    kernel: dict[str, object] = json.loads(capsys.readouterr().out)["kernel"]
+    return (before, after), kernel
+
+
+def assert_verdict(kernel: dict[str, object], variant: Variant, observed_exposed: bool) -> None:
+    """The verdict says what was seen, except where only the kernel's version could tell: the pre-fix
+    module is built outside the tree, and a version cannot speak for it."""
+    observed = "exposed" if observed_exposed else "not-exposed"
+    version_decides = kernel["connReuseMode"] == 0 and kernel["expireNodestConn"] == 1
+    if variant is Variant.PREFIX and version_decides:
+        assert kernel["exposure"] == "unknown", kernel["exposureReason"]
+        assert "outside the kernel tree" in str(kernel["exposureReason"])
+    else:
+        assert kernel["exposure"] == observed, kernel["exposureReason"]
+
+
+@pytest.mark.kernels(*Variant)
+@pytest.mark.parametrize(("reuse", "nodest"), sorted(FIXED))
+def test_reused_port_after_weight_zero(
+    lab: Lab,
+    source_ports: Iterator[int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    variant: Variant,
+    reuse: int,
+    nodest: int,
+) -> None:
+    lab.sysctl("conn_reuse_mode", reuse)
+    lab.sysctl("expire_nodest_conn", nodest)
+    seen, kernel = reused_port(lab, source_ports, tmp_path, f"10.96.1.{10 + 2 * reuse + nodest}", capsys)
+    assert seen == MATRIX[variant][reuse, nodest]
     assert (kernel["connReuseMode"], kernel["expireNodestConn"]) == (reuse, nodest)
-    observed = "exposed" if before == DEAD else "not-exposed"
-    assert kernel["exposure"] == observed, kernel["exposureReason"]
+    assert_verdict(kernel, variant, seen[0] == DEAD)
+
+
+@pytest.mark.kernels(*Variant)
+def test_kube_proxys_own_settings(
+    lab: Lab,
+    source_ports: Iterator[int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    variant: Variant,
+) -> None:
+    settings = kube_proxy_sysctls(kernel_before_5_9(variant))
+    for name, value in settings.items():
+        lab.sysctl(name, value)
+    seen, kernel = reused_port(lab, source_ports, tmp_path, "10.96.1.20", capsys)
+    assert seen == KUBE_PROXY_SETTINGS[variant]
+    assert (kernel["connReuseMode"], kernel["expireNodestConn"]) == (
+        settings["conn_reuse_mode"],
+        settings["expire_nodest_conn"],
+    )
+    assert_verdict(kernel, variant, seen[0] == DEAD)

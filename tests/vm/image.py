@@ -1,12 +1,16 @@
-"""Build (once) and cache the throwaway VM's kernel and initramfs.
+"""Build (once) and cache the throwaway VM's kernel and initramfs, per variant.
 
-The kernel is Debian's `linux-image-amd64`, fetched with `apt-get download` and unpacked with `dpkg -x`, so
-the tier runs on exactly the kernel a Debian node runs. The initramfs carries only busybox-static, the
-modules the tier needs (with their dependencies, resolved by `modprobe --show-depends` against the full
-tree and re-indexed with `depmod -b`), and `init.sh`."""
+The kernel is a Debian kernel package (`kernel_packages.py` says which), fetched with `apt-get download` and
+unpacked with `dpkg -x`, so the tier runs on exactly the kernel a Debian node runs. The initramfs carries
+only busybox-static, the modules the tier needs (with their dependencies, resolved by `modprobe
+--show-depends` against the full tree, decompressed where Debian ships them xz-compressed, and re-indexed with
+`depmod -b`), and `init.sh`. The pre-fix variant is Debian 6.1's kernel and initramfs with `ip_vs.ko` rebuilt
+by `prefix_ipvs.py`, cached apart under a key that includes the reverts."""
 
 from __future__ import annotations
 
+import hashlib
+import lzma
 import os
 import shutil
 import subprocess
@@ -15,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.vm.errors import VmError
+from tests.vm.kernel_packages import KernelPackage, resolve, run
+from tests.vm.prefix_ipvs import PATCHES_DIR, build_prefix_ip_vs
+from tests.vm.variant import DEFAULT, Variant
 
-META_PACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 
@@ -56,7 +62,7 @@ MODULES = (
 )
 
 # Bump when the initramfs layout changes in a way the cache key (kernel version, init.sh) would not notice.
-LAYOUT_VERSION = "4"
+LAYOUT_VERSION = "5"
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,14 @@ class VmImage:
     package: str
     package_version: str
     release: str
+    variant: Variant
+
+    @property
+    def single_threaded_tcg(self) -> bool:
+        # 6.12 can oops at boot under multi-threaded TCG (seen once in three boots on qemu 7.2: an int3 that
+        # text_poke_bp left in sched_clock_cpu, hit while the other vCPU patched it): one host thread runs
+        # both vCPUs for it, slower but not racy.
+        return self.variant is Variant.DEBIAN_6_12
 
 
 def default_cache_dir() -> Path:
@@ -75,60 +89,51 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ipvs-reaper" / "vm"
 
 
-def _run(args: list[str], cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
-    except FileNotFoundError as error:
-        raise VmError(f"{args[0]} is not installed (.ci/run installs it): {error}") from error
-    if done.returncode != 0:
-        raise VmError(f"`{' '.join(args)}` failed with exit code {done.returncode}:\n{done.stderr.strip()}")
-    return done.stdout
+def _variant_key(variant: Variant) -> str:
+    if not variant.prefix_ipvs:
+        return ""
+    # A changed revert or build script must never reuse a module built from the old one.
+    digest = hashlib.sha256(Path(__file__).with_name("prefix_ipvs.py").read_bytes())
+    for patch in sorted(PATCHES_DIR.glob("*.patch")):
+        digest.update(patch.name.encode() + patch.read_bytes())
+    return f"_prefix-{digest.hexdigest()[:12]}"
 
 
-def resolve_kernel_package() -> tuple[str, str]:
-    """The concrete image package the meta package points at, and its version."""
-    depends = _run(["apt-cache", "depends", META_PACKAGE])
-    for line in depends.splitlines():
-        name = line.strip().removeprefix("Depends:").strip()
-        if line.strip().startswith("Depends:") and name.startswith("linux-image-"):
-            version = _run(["apt-cache", "show", "--no-all-versions", name])
-            for field in version.splitlines():
-                if field.startswith("Version:"):
-                    return name, field.split(":", 1)[1].strip()
-    raise VmError(f"cannot find the kernel image package behind {META_PACKAGE} (is `apt-get update` done?)")
-
-
-def ensure_image(cache_dir: Path | None = None) -> VmImage:
+def ensure_image(cache_dir: Path | None = None, variant: Variant = DEFAULT) -> VmImage:
     cache = cache_dir or default_cache_dir()
-    package, version = resolve_kernel_package()
-    target = cache / f"{package}_{version}_layout{LAYOUT_VERSION}"
+    package = resolve(variant, cache)
+    target = cache / f"{package.name}_{package.version}_layout{LAYOUT_VERSION}{_variant_key(variant)}"
     kernel, initramfs, release_file = target / "vmlinuz", target / "initramfs.cpio", target / "release"
     init_changed = (target / "init.sh").exists() and (
         target / "init.sh"
     ).read_bytes() != INIT_SCRIPT.read_bytes()
     if not (kernel.exists() and initramfs.exists() and release_file.exists()) or init_changed:
-        _build(target, package)
-    return VmImage(kernel, initramfs, package, version, release_file.read_text().strip())
+        _build(target, package, variant)
+    return VmImage(
+        kernel, initramfs, package.name, package.version, release_file.read_text().strip(), variant
+    )
 
 
-def _build(target: Path, package: str) -> None:
+def _build(target: Path, package: KernelPackage, variant: Variant) -> None:
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ipvs-reaper-vm-") as scratch_name:
         scratch = Path(scratch_name)
-        _run(["apt-get", "download", package], cwd=scratch)
-        debs = sorted(scratch.glob(f"{package}_*.deb"))
-        if not debs:
-            raise VmError(f"apt-get download {package} produced no .deb")
+        deb = package.apt.download(f"{package.name}={package.version}", scratch)
         unpacked = scratch / "root"
-        _run(["dpkg", "-x", str(debs[0]), str(unpacked)])
+        run(["dpkg", "-x", str(deb), str(unpacked)])
         releases = sorted(p.name for p in (unpacked / "lib" / "modules").iterdir())
         if len(releases) != 1:
-            raise VmError(f"expected one module tree in {package}, found {releases}")
+            raise VmError(f"expected one module tree in {package.name}, found {releases}")
         release = releases[0]
-        _run(["depmod", "-b", str(unpacked), release])
+        run(["depmod", "-b", str(unpacked), release])
         initramfs_root = scratch / "initramfs"
         _copy_modules(unpacked, initramfs_root, release)
-        _run(["depmod", "-b", str(initramfs_root), release])
+        if variant.prefix_ipvs:
+            relative = Path("lib/modules") / release / "kernel/net/netfilter/ipvs/ip_vs.ko"
+            if not (unpacked / relative).exists():
+                raise VmError(f"{package.name} has no {relative}: nothing to swap the pre-fix module in for")
+            build_prefix_ip_vs(package, release, unpacked / relative, initramfs_root / relative)
+        run(["depmod", "-b", str(initramfs_root), release])
         _add_userland(initramfs_root)
         _write_cpio(initramfs_root, target / "initramfs.cpio")
         shutil.copyfile(unpacked / "boot" / f"vmlinuz-{release}", target / "vmlinuz")
@@ -139,7 +144,7 @@ def _build(target: Path, package: str) -> None:
 def _copy_modules(unpacked: Path, initramfs_root: Path, release: str) -> None:
     needed: set[Path] = set()
     for module, _ in MODULES:
-        shown = _run(["modprobe", "-d", str(unpacked), "-S", release, "--show-depends", module])
+        shown = run(["modprobe", "-d", str(unpacked), "-S", release, "--show-depends", module])
         for line in shown.splitlines():
             words = line.split()
             if len(words) >= 2 and words[0] == "insmod":
@@ -148,7 +153,11 @@ def _copy_modules(unpacked: Path, initramfs_root: Path, release: str) -> None:
         relative = source.relative_to(unpacked)
         destination = initramfs_root / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
+        if source.suffix == ".xz":
+            # busybox's modprobe loads plain .ko files only (6.12's are shipped as .ko.xz).
+            destination.with_suffix("").write_bytes(lzma.decompress(source.read_bytes()))
+        else:
+            shutil.copyfile(source, destination)
     for index in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
         source = unpacked / "lib" / "modules" / release / index
         if source.exists():

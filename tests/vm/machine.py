@@ -57,6 +57,7 @@ def run_in_vm(
     memory_mib: int = 2048,
 ) -> VmRun:
     """Boot, run `command` in `cwd` inside the guest, power off. `results` is the writable share."""
+    accel = "tcg,thread=single" if image.single_threaded_tcg else "tcg"
     results.mkdir(parents=True, exist_ok=True)
     for stale in ("exit-code", "job.log", "console.log"):
         (results / stale).unlink(missing_ok=True)
@@ -64,7 +65,7 @@ def run_in_vm(
     console = results / "console.log"
     args = [
         QEMU,
-        "-accel", "tcg",
+        "-accel", accel,
         "-cpu", "max",
         "-smp", "2",
         "-m", str(memory_mib),
