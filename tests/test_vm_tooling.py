@@ -12,11 +12,14 @@ from tests.vm.errors import VmError
 from tests.vm.guest_report import guest_failure
 from tests.vm.image import VmImage
 from tests.vm.machine import VmRun, run_in_vm
+from tests.vm.variant import DEFAULT
 
 RUN = VmRun(
     exit_code=1, seconds=1.0, console="", job_log="collected 0 items\nImportError: boom", results=Path()
 )
-IMAGE = VmImage(Path("/nonexistent/vmlinuz"), Path("/nonexistent/initramfs"), "linux-image-x", "1", "6.1.0-x")
+IMAGE = VmImage(
+    Path("/nonexistent/vmlinuz"), Path("/nonexistent/initramfs"), "linux-image-x", "1", "6.1.0-x", DEFAULT
+)
 
 
 def phase(when: str, outcome: str, longrepr: str = "") -> dict[str, object]:

@@ -67,6 +67,7 @@ class Lab:
     def __init__(self) -> None:
         self._pods: dict[str, Pod] = {}
         self._servers: list[PodServer] = []
+        self._nat_rules: list[tuple[str, ...]] = []
 
     # --- topology -------------------------------------------------------------------------------------------
 
@@ -106,6 +107,14 @@ class Lab:
         pod = self._pods.get("client") or self.pod("client", "10.244.9.9")
         return Client(pod.name, source_port, timeout_seconds)
 
+    def masquerade_like_kube_proxy(self) -> None:
+        """kube-proxy's masquerade rule (KUBE-POSTROUTING's, in POSTROUTING directly). Any NAT rule makes the
+        kernel track connections in this namespace; without one, IPVS's conntrack support has no conntrack
+        entry to look at, and a real node always has one."""
+        rule = ("POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+        sh("iptables", "-t", "nat", "-A", *rule)
+        self._nat_rules.append(rule)
+
     # --- IPVS and its sysctls -------------------------------------------------------------------------------
 
     @staticmethod
@@ -134,6 +143,7 @@ class Lab:
         """Back to an empty node, whatever state a failed test left: every step is tried, so one test's
         failure cannot cascade into the next test's setup."""
         steps: list[Callable[[], object]] = [server.kill for server in self._servers]
+        steps.extend(partial(sh, "iptables", "-t", "nat", "-D", *rule) for rule in self._nat_rules)
         steps.append(partial(sh, "ipvsadm", "-C"))
         # A veth whose namespace is deleted goes only when the kernel's cleanup work gets to it, after
         # `ip netns del` returned; deleting the node's end takes the pair at once, before the next test looks.

@@ -5,7 +5,9 @@ verdict we print agrees with what was observed."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from ipvs_reaper.cli import main
 from tests import builders
 from tests.kernel.cluster import NODE, write_cluster_state
 from tests.kernel.expected import DEAD, FIXED, KUBE_PROXY_SETTINGS, LIVE, MATRIX, kernel_before_5_9
-from tests.kernel.lab import Lab, kube_proxy_sysctls
+from tests.kernel.lab import Lab, kube_proxy_sysctls, sh
 from tests.kernel.pods import Outcome, Reply
 from tests.vm.variant import Variant
 
@@ -117,3 +119,46 @@ def test_kube_proxys_own_settings(
         settings["expire_nodest_conn"],
     )
     assert_verdict(kernel, variant, seen[0] == DEAD)
+
+
+def syn_retransmits(netns: str) -> int:
+    """The namespace's count of retransmitted SYNs (TcpExt TCPSynRetrans), which a dropped SYN moves."""
+    text = sh("ip", "netns", "exec", netns, "cat", "/proc/net/netstat")
+    lines = [line.split() for line in text.splitlines()]
+    header, values = next((h, v) for h, v in itertools.pairwise(lines) if h[0] == "TcpExt:" == v[0])
+    return int(values[header.index("TCPSynRetrans")])
+
+
+@pytest.mark.kernels("6.1", "pre-fix")
+def test_without_f0a5_a_reused_port_waits_for_its_retransmit(
+    lab: Lab, source_ports: Iterator[int], variant: Variant
+) -> None:
+    """kube-proxy's settings from 5.9 on (conn_reuse_mode=1, IPVS's conntrack support on) on a node whose
+    connections are tracked: before f0a5e4d7a594, IPVS drops the first SYN of every reused source port and the
+    client waits for its retransmit, 1 s: why kube-proxy sets conn_reuse_mode=0 before 5.9, where the
+    weight-0 incident then waits. Nothing is at weight 0 here. The drop is counted, not timed: the client's
+    kernel counts each SYN it had to send again."""
+    lab.sysctls(kube_proxy_sysctls(kernel_before_5_9=False))
+    lab.masquerade_like_kube_proxy()
+    vip = "10.96.1.30"
+    lab.cluster_ips(vip)
+    for name, address in (("pod-a", "10.244.1.2"), ("pod-b", "10.244.1.3")):
+        lab.serve(lab.pod(name, address), 80)
+    lab.ipvsadm("-A", "-t", f"{vip}:80", "-s", "rr")
+    for address in ("10.244.1.2", "10.244.1.3"):
+        lab.ipvsadm("-a", "-t", f"{vip}:80", "-r", f"{address}:80", "-m", "-w", "1")
+    reused = lab.client(next(source_ports))
+    assert reused.tcp(vip, 80).pod is not None  # its entry now waits in TIME_WAIT
+    start = syn_retransmits("client")
+    assert lab.client(next(source_ports)).tcp(vip, 80).pod is not None
+    fresh = syn_retransmits("client") - start
+
+    started = time.monotonic()
+    again = reused.tcp(vip, 80)
+    seconds = time.monotonic() - started
+    retransmitted = syn_retransmits("client") - start - fresh
+
+    print(f"{variant.title}: the reused port's SYN was sent again {retransmitted} time(s), {seconds:.3f} s")
+    assert again.pod is not None, again
+    assert fresh == 0
+    assert (retransmitted > 0) is variant.prefix_ipvs

