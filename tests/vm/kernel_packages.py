@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.vm.errors import VmError
 from tests.vm.variant import Variant
 
 META_PACKAGE = "linux-image-amd64"
+LISTS_MAX_AGE_SECONDS = 24 * 3600
 # Bookworm has no meta package for its 6.12 kernels: the newest ABI package stands for them.
 BOOKWORM_6_12 = re.compile(r"^linux-image-6\.12\.([0-9]+)\+deb12-amd64-unsigned$")  # POSIX ERE too, for apt
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -75,7 +77,12 @@ def private_apt(folder: Path, sources: str) -> Apt:
             "-o", f"Dir::Cache={folder / 'cache'}",
         )
     )  # fmt: skip
-    run(["apt-get", *apt.options, "update", "-q"])
+    # Refreshed once a day, like the host's own lists between two runs of host-packages.sh: a cached image
+    # of the same version needs no network.
+    stamp = folder / "updated"
+    if not stamp.exists() or time.time() - stamp.stat().st_mtime > LISTS_MAX_AGE_SECONDS:
+        run(["apt-get", *apt.options, "update", "-q"])
+        stamp.touch()
     return apt
 
 
