@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -197,3 +199,37 @@ def test_an_unexpected_netlink_answer_is_an_ipvs_error() -> None:
     sock = FakeSocket(dests=[without_address])
     with pytest.raises(IpvsError, match="unexpected answer"):
         KernelIpvs(connect=lambda: sock).read_service(VIP)
+
+
+class ThreadRecordingSocket(FakeSocket):
+    """Notes the thread of its making and of every call: pyroute2's sync socket works only from the one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made_on = threading.get_ident()
+        self.threads: set[int] = set()
+
+    def dest(self, command: str, service: Any, dest: Any = None) -> list[Any]:
+        self.threads.add(threading.get_ident())
+        return super().dest(command, service, dest)
+
+
+def test_every_netlink_call_runs_on_the_thread_that_made_the_socket() -> None:
+    sockets: list[ThreadRecordingSocket] = []
+
+    def connect() -> ThreadRecordingSocket:
+        sockets.append(ThreadRecordingSocket())
+        return sockets[-1]
+
+    table = KernelIpvs(connect=connect)
+    # As the agent calls it: from asyncio.to_thread's pool, several at once.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(table.read_service, VIP) for _ in range(50)]
+        futures += [pool.submit(table.delete_real_server, REAL) for _ in range(50)]
+        for future in futures:
+            future.result()
+    table.close()
+    assert len(sockets) == 1
+    assert sockets[0].threads == {sockets[0].made_on}
+    assert sockets[0].made_on != threading.get_ident()
+    assert sockets[0].closed

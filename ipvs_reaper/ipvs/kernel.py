@@ -11,8 +11,10 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPVS, IPVSDest, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
@@ -84,19 +86,40 @@ def virtual_key_from_message(message: Any) -> VirtualKey:
     )
 
 
+_T = TypeVar("_T")
+
+
 class KernelIpvs:
     """The node's own IPVS table (the network namespace this process runs in).
 
     One netlink socket is opened on first use and kept: each new socket costs a generic-netlink family
     lookup, which a sweep deleting many real servers should pay once.
+
+    Every netlink operation runs on one thread of this object's own, where the socket is also made. pyroute2
+    0.9's synchronous IPVS object keeps its socket, event loop and message queue per thread (threading.local)
+    but its status and sequence numbers per object, and sets up and tears down its transport around every
+    call: used from more than one thread, even one call at a time, it answers about half of the requests with
+    ECONNRESET (104), and some with KeyErrors from its own state (seen in the VM: of 2,000 dumps from four
+    threads at once 987 failed, of 1,500 from four threads one at a time 749, of 2,000 from the thread that
+    made it none, and none from four threads each with its own object). The agent calls this object from
+    asyncio.to_thread's pool (sweeps, event reconciles, follow-ups and the doctor's pass at once), so any
+    call may come from any thread; here they all reach pyroute2 from the same one, one at a time.
     """
 
     def __init__(self, proc_path: Path = PROC_IP_VS, connect: Callable[[], Any] = IPVS) -> None:
         self._proc_path = proc_path
         self._connect = connect
         self._ipvs: Any = None
+        self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipvs-netlink")
+
+    def _on_netlink_thread(self, work: Callable[[], _T]) -> _T:
+        return self._netlink.submit(work).result()
 
     def close(self) -> None:
+        """Close the socket (the next operation opens a new one)."""
+        self._on_netlink_thread(self._drop_socket)
+
+    def _drop_socket(self) -> None:
         if self._ipvs is not None:
             self._ipvs.close()
             self._ipvs = None
@@ -126,6 +149,12 @@ class KernelIpvs:
             raise IpvsError(f"cannot parse the kernel's table: {error}") from None
 
     def read_service(self, virtual: VirtualKey) -> tuple[RealServer, ...] | None:
+        return self._on_netlink_thread(partial(self._read_service, virtual))
+
+    def delete_real_server(self, key: RealKey) -> DeleteOutcome:
+        return self._on_netlink_thread(partial(self._delete_real_server, key))
+
+    def _read_service(self, virtual: VirtualKey) -> tuple[RealServer, ...] | None:
         spec = service_spec(virtual)
         ipvs = self._socket()
         try:
@@ -142,7 +171,7 @@ class KernelIpvs:
                 f"reading {virtual.protocol} {virtual} over netlink: {error}", errno_name(error.code)
             ) from None
         except OSError as error:
-            self.close()
+            self._drop_socket()
             raise IpvsError(
                 f"reading {virtual.protocol} {virtual} over netlink: {error}", errno_name(error.errno)
             ) from None
@@ -153,7 +182,7 @@ class KernelIpvs:
                 f"reading {virtual.protocol} {virtual} over netlink: unexpected answer: {error}"
             ) from None
 
-    def delete_real_server(self, key: RealKey) -> DeleteOutcome:
+    def _delete_real_server(self, key: RealKey) -> DeleteOutcome:
         dest = IPVSDest(addr=str(key.address), port=key.port)
         ipvs = self._socket()
         try:
@@ -163,6 +192,6 @@ class KernelIpvs:
                 return DeleteOutcome.ALREADY_GONE
             raise IpvsError(f"deleting {key} over netlink: {error}", errno_name(error.code)) from None
         except OSError as error:
-            self.close()
+            self._drop_socket()
             raise IpvsError(f"deleting {key} over netlink: {error}", errno_name(error.errno)) from None
         return DeleteOutcome.DELETED

@@ -3,6 +3,8 @@ per-service netlink read against the whole-table read, and deletes over netlink 
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,11 +14,11 @@ import pytest
 from ipvs_reaper.actor import Outcome, apply_plan
 from ipvs_reaper.cluster.parse import cluster_state_from_items
 from ipvs_reaper.config import Config
-from ipvs_reaper.ipvs.backend import DeleteOutcome
+from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError
 from ipvs_reaper.ipvs.kernel import KernelIpvs
 from ipvs_reaper.kernel.sysctl import ProcSysctls
 from ipvs_reaper.planner import Action, PolicyChoice, SweepInputs, plan_sweep
-from ipvs_reaper.values import IpvsTable, Protocol, RealServer
+from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey
 from tests import builders
 from tests.ipvsadm_text import list_counters, parse_restore_format, rows, table_counters
 from tests.kernel.cluster import NODE, NODE_IP
@@ -181,3 +183,61 @@ def test_weight_change_between_read_and_delete_is_noticed(lab: Lab, table: IpvsT
         assert [rs.weight for rs in still_there if str(rs.key.address) == "10.244.2.3"] == [1]
     finally:
         kernel.close()
+
+
+async def test_one_backend_used_as_the_agent_uses_it_loses_no_operation(lab: Lab) -> None:
+    """The agent's backend (one KernelIpvs for the process) called the way the agent calls it: from
+    asyncio.to_thread's pool, by several tasks at once, while real servers are deleted and put back. With
+    pyroute2's socket used from whichever thread asked, about half of such calls failed with ECONNRESET;
+    every one must succeed."""
+    services = [f"10.96.9.{n}" for n in range(1, 9)]
+    reals = [f"10.244.9.{n}" for n in range(1, 7)]
+    lab.restore(
+        [f"-A -t {vip}:80 -s rr" for vip in services]
+        + [f"-a -t {vip}:80 -r {real}:8080 -m -w 0" for vip in services for real in reals]
+    )
+    keys = {vip: VirtualKey.inet(Protocol.TCP, ipaddress.ip_address(vip), 80) for vip in services}
+    backend = KernelIpvs()
+    failures: list[str] = []
+    done = {"reads": 0, "deletes": 0}
+
+    async def reader(offset: int, rounds: int) -> None:
+        for n in range(rounds):
+            try:
+                found = await asyncio.to_thread(
+                    backend.read_service, keys[services[(n + offset) % len(services)]]
+                )
+                assert found is not None
+                done["reads"] += 1
+            except IpvsError as error:
+                failures.append(f"read: {error}")
+
+    async def churner(parity: int, rounds: int) -> None:
+        # Each churner its own half of the virtual services: a delete always finds its real server there.
+        mine = services[parity::2]
+        for n in range(rounds):
+            vip, real = mine[n % len(mine)], reals[n % len(reals)]
+            key = RealKey(keys[vip], ipaddress.ip_address(real), 8080)
+            try:
+                outcome = await asyncio.to_thread(backend.delete_real_server, key)
+            except IpvsError as error:
+                failures.append(f"delete: {error}")
+                continue
+            if outcome is not DeleteOutcome.DELETED:
+                failures.append(f"delete of {key}: {outcome}")
+                continue
+            done["deletes"] += 1
+            await asyncio.to_thread(
+                lab.ipvsadm, "-a", "-t", f"{vip}:80", "-r", f"{real}:8080", "-m", "-w", "0"
+            )
+
+    try:
+        # Bounded: on the socket shared across threads, pyroute2 could also hang here.
+        await asyncio.wait_for(
+            asyncio.gather(*(reader(offset, 300) for offset in range(4)), churner(0, 150), churner(1, 150)),
+            timeout=300,
+        )
+    finally:
+        backend.close()
+    assert failures == [], f"{len(failures)} failed, first: {failures[:3]}"
+    assert done == {"reads": 1200, "deletes": 300}
