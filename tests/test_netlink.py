@@ -166,21 +166,6 @@ def test_missing_ipvs_family_is_an_error_not_already_gone() -> None:
         KernelIpvs(connect=connect).delete_real_server(REAL)
 
 
-def test_one_socket_serves_many_operations_and_is_closed() -> None:
-    sockets: list[FakeSocket] = []
-
-    def connect() -> FakeSocket:
-        sockets.append(FakeSocket())
-        return sockets[-1]
-
-    table = KernelIpvs(connect=connect)
-    table.delete_real_server(REAL)
-    table.read_service(VIP)
-    table.close()
-    assert len(sockets) == 1
-    assert sockets[0].closed
-
-
 def test_missing_proc_file_is_a_clear_error(tmp_path: Any) -> None:
     with pytest.raises(IpvsError, match=r"ip_vs module loaded"):
         KernelIpvs(proc_path=tmp_path / "ip_vs").read_table()
@@ -214,7 +199,7 @@ class ThreadRecordingSocket(FakeSocket):
         return super().dest(command, service, dest)
 
 
-def test_every_netlink_call_runs_on_the_thread_that_made_the_socket() -> None:
+def test_one_socket_on_one_thread_serves_every_operation_and_is_closed() -> None:
     sockets: list[ThreadRecordingSocket] = []
 
     def connect() -> ThreadRecordingSocket:
