@@ -2,7 +2,10 @@
 against the emulator, with a fake IPVS table matching the benchmark's cluster. Prints one JSON line when
 ready and one per deleted real server, with CLOCK_MONOTONIC times (shared by every process on the host).
 BENCH_DOCTOR_INTERVAL=0 in the environment turns the doctor pass off, to measure what it costs;
-BENCH_TRACEMALLOC=FILE writes where memory grew since ready into FILE every minute."""
+BENCH_TRACEMALLOC=FILE writes where memory grew since ready into FILE every minute; BENCH_WAVE=1 (the rollout
+wave, bench/agent_wave.py) gives the drained real servers live connections, prints the table reads made each
+second, and on SIGUSR2 ends those connections; BENCH_RECHECK_INTERVAL and BENCH_RECHECK_RATE set the agent's
+--recheck-interval and --recheck-rate."""
 
 from __future__ import annotations
 
@@ -162,6 +165,40 @@ async def trace_growth(path: Path, every: float = 60.0) -> None:
         path.write_text("".join(f"{stat}\n" for stat in growth))
 
 
+class CountedReads:
+    """The wave's account of what the agent asks of the table: reads of one virtual service (a netlink
+    request each on a node) and whole-table reads, printed once a second."""
+
+    def __init__(self, fake: FakeIpvs) -> None:
+        self.services = self.tables = 0
+        read_service, read_table = fake.read_service, fake.read_table
+
+        def one(virtual: VirtualKey) -> tuple[RealServer, ...] | None:
+            self.services += 1
+            return read_service(virtual)
+
+        def whole() -> Any:
+            self.tables += 1
+            return read_table()
+
+        fake.read_service = one  # type: ignore[method-assign]
+        fake.read_table = whole  # type: ignore[method-assign]
+
+    async def report(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            emit(reads=self.services, table_reads=self.tables, at=time.monotonic())
+            self.services = self.tables = 0
+
+
+def end_connections(fake: FakeIpvs) -> None:
+    """Every drained real server's last connection ends (SIGUSR2): from now on each may go."""
+    for rs in list(fake.real_servers.values()):
+        if rs.weight == 0 and rs.active_conns:
+            fake.put(RealServer(rs.key, rs.forward, 0, 0, rs.inactive_conns), add=False)
+    emit(idle=time.monotonic())
+
+
 async def main(kubeconfig: str, services: int, events: int, port: int, watch_timeout: float) -> None:
     # Imported here, after the official client is marked absent, as `ipvs-reaper run` does.
     from ipvs_reaper.agent.agent import Agent
@@ -170,7 +207,9 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
     from ipvs_reaper.kernel.sysctl import FakeSysctls
     from ipvs_reaper.netfilter.sources import RuleSources
 
-    fake = FakeIpvs(fake_table(services, events))
+    wave = bool(os.environ.get("BENCH_WAVE"))
+    fake = FakeIpvs(fake_table(services, events, busy=wave))
+    counted = CountedReads(fake) if wave else None
     original = fake.delete_real_server
 
     def delete(key):  # type: ignore[no-untyped-def]
@@ -198,6 +237,8 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
         event_interval=60.0,
         first_seen_file=None,
         doctor_interval=float(os.environ.get("BENCH_DOCTOR_INTERVAL", "300")),
+        recheck_interval=float(os.environ.get("BENCH_RECHECK_INTERVAL", "2")),
+        recheck_rate=float(os.environ.get("BENCH_RECHECK_RATE", "50")),
     )
     started: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
@@ -239,6 +280,9 @@ async def main(kubeconfig: str, services: int, events: int, port: int, watch_tim
     while agent.not_ready_because():
         await asyncio.sleep(0.01)
     emit(ready=time.monotonic(), rss_mib=round(_rss_mib(), 1))
+    if counted is not None:
+        probes.append(asyncio.create_task(counted.report()))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, end_connections, fake)
     if kube_proxy is not None:
         # From ready: the soak's first sample is the agent holding the whole view, not one still listing.
         probes.append(asyncio.create_task(report_resources()))

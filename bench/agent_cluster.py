@@ -70,7 +70,8 @@ def event_targets(services: int, events: int) -> list[int]:
     return [(n * 7919) % services for n in range(events)]
 
 
-def fake_table(services: int, events: int) -> IpvsTable:
+def fake_table(services: int, events: int, busy: bool = False) -> IpvsTable:
+    """With `busy`, each drained real server still has 3 live connections (ActiveConn 3)."""
     drained = set(event_targets(services, events))
     virtuals, reals = [], []
     for i in range(services):
@@ -78,7 +79,8 @@ def fake_table(services: int, events: int) -> IpvsTable:
         virtuals.append(VirtualService(key, "rr"))
         for j in range(ENDPOINTS):
             weight = 0 if i in drained and j == ENDPOINTS - 1 else 1
+            active = 3 if busy and weight == 0 else 0
             reals.append(
-                RealServer(RealKey(key, ipaddress.ip_address(pod_ip(i, j)), 8080), "Masq", weight, 0, 0)
+                RealServer(RealKey(key, ipaddress.ip_address(pod_ip(i, j)), 8080), "Masq", weight, active, 0)
             )
     return IpvsTable(tuple(virtuals), tuple(reals))

@@ -51,6 +51,9 @@ class Decision:
     reap_after: datetime | None = None
     # The decision rests on ActiveConn being 0: the actor re-checks it right before deleting.
     requires_idle: bool = False
+    # Waiting only for ActiveConn to reach 0 (its grace is over): worth reading again soon, not only when a
+    # cap ends or at the next sweep.
+    awaits_idle: bool = False
 
 
 class RefusalKind(enum.StrEnum):
@@ -140,30 +143,36 @@ def _resolve_rule(inputs: SweepInputs, target: Target, state: EndpointState, cac
     return configured
 
 
-def _apply_rule(
-    rs: RealServer, rule: Rule, state: EndpointState, since: datetime, now: datetime
-) -> tuple[Action, str, datetime | None, bool]:
+@dataclass(frozen=True, slots=True)
+class _Ruling:
+    action: Action
+    reason: str
+    reap_after: datetime | None = None
+    requires_idle: bool = False
+    awaits_idle: bool = False
+
+
+def _apply_rule(rs: RealServer, rule: Rule, state: EndpointState, since: datetime, now: datetime) -> _Ruling:
     label = state.value
     if rule.reap is ReapMode.NEVER:
-        return Action.KEEP, f"{label}: policy says never", None, False
+        return _Ruling(Action.KEEP, f"{label}: policy says never")
     eligible_at = since + timedelta(seconds=rule.grace_seconds)
     if now < eligible_at:
-        return Action.WAIT, f"{label}: in its {rule.grace_seconds}s grace", eligible_at, False
+        return _Ruling(Action.WAIT, f"{label}: in its {rule.grace_seconds}s grace", eligible_at)
     if rule.reap is ReapMode.ALWAYS:
-        return Action.REAP, f"{label}: reap regardless of connections", None, False
+        return _Ruling(Action.REAP, f"{label}: reap regardless of connections")
     if rs.active_conns == 0:
-        return Action.REAP, f"{label} and idle (ActiveConn 0, InActConn {rs.inactive_conns})", None, True
+        idle = f"{label} and idle (ActiveConn 0, InActConn {rs.inactive_conns})"
+        return _Ruling(Action.REAP, idle, requires_idle=True)
     if rule.max_wait_seconds is not None:
         cap_at = since + timedelta(seconds=rule.max_wait_seconds)
         if now >= cap_at:
-            return (
-                Action.REAP,
-                f"{label}: ActiveConn {rs.active_conns} but waited the {rule.max_wait_seconds}s cap",
-                None,
-                False,
-            )
-        return Action.WAIT, f"{label}: ActiveConn {rs.active_conns}, waiting for 0 or the cap", cap_at, False
-    return Action.WAIT, f"{label}: ActiveConn {rs.active_conns}, waiting for 0 (no cap)", None, False
+            capped = f"{label}: ActiveConn {rs.active_conns} but waited the {rule.max_wait_seconds}s cap"
+            return _Ruling(Action.REAP, capped)
+        waiting = f"{label}: ActiveConn {rs.active_conns}, waiting for 0 or the cap"
+        return _Ruling(Action.WAIT, waiting, cap_at, awaits_idle=True)
+    waiting = f"{label}: ActiveConn {rs.active_conns}, waiting for 0 (no cap)"
+    return _Ruling(Action.WAIT, waiting, awaits_idle=True)
 
 
 def _excluded(config: Config, rs: RealServer) -> IPNetwork | None:
@@ -227,8 +236,17 @@ def _decide(
         rule = _resolve_rule(inputs, target, status.state, cache)
     except ConfigError as error:
         return keep(f"bad annotation on {service}: {error}")
-    action, reason, reap_after, requires_idle = _apply_rule(rs, rule, status.state, since, inputs.now)
-    return Decision(rs, service, status, action, reason, reap_after, requires_idle)
+    ruling = _apply_rule(rs, rule, status.state, since, inputs.now)
+    return Decision(
+        rs,
+        service,
+        status,
+        ruling.action,
+        ruling.reason,
+        ruling.reap_after,
+        requires_idle=ruling.requires_idle,
+        awaits_idle=ruling.awaits_idle,
+    )
 
 
 def _gate_on_sysctl(

@@ -1,6 +1,7 @@
 """The agent's moving parts on one event loop: feeding the cluster cache (a list-and-watch per kind, and
-heartbeats), and the work loop that reconciles what events touched, follows up on what kube-proxy
-has yet to weight to 0, and sweeps the whole table on a jittered interval.
+heartbeats), and the work loop that reconciles what events touched, reads again what its schedule says
+(follow-ups on what kube-proxy has yet to weight to 0, grace ends, retries of failed deletes, rechecks of real
+servers waiting to go idle; see schedule.py), and sweeps the whole table on a jittered interval.
 
 Reconciles run in a thread one at a time, on a snapshot of the view taken on the loop: the cache is only ever
 touched from the loop. Nothing here writes to the objects it watches.
@@ -25,6 +26,7 @@ from ipvs_reaper.agent.memory import heap_trimmer, settle_after_listing
 from ipvs_reaper.agent.metrics import AgentMetrics
 from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.agent.reconciler import Reconciler, ReconcileResult, weight_zero_services
+from ipvs_reaper.agent.schedule import ReapRetries, Schedule, Why, recheck_interval
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache, Parsed
 from ipvs_reaper.cluster.reflector import Reflector, ReflectorTiming
 from ipvs_reaper.cluster.watch_api import Collection, WatchApi
@@ -41,7 +43,7 @@ from ipvs_reaper.kernel.sysctl import SysctlError, Sysctls
 from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules
 from ipvs_reaper.netfilter.walk import WalkTooLong
 from ipvs_reaper.planner import RefusalKind
-from ipvs_reaper.values import IPAddress, RealKey, VirtualKey
+from ipvs_reaper.values import IPAddress, RealKey, VirtualKey, format_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,12 @@ class Agent:
         self._sweep_requested = True  # the first sweep runs as soon as the view is usable
         self._pending: set[VirtualKey] = set()
         # Virtual services to read again at a given moment, and how many follow-ups each has had.
-        self._follow_up_at: dict[VirtualKey, float] = {}
+        self._schedule = Schedule()
         self._follow_up_step: dict[VirtualKey, int] = {}
+        self._retries = ReapRetries(options.reap_retry_delays)
+        # Virtual services with a real server waiting for ActiveConn 0: their count sets the recheck cadence.
+        self._idle_waits: set[VirtualKey] = set()
+        self._failed_reads = 0  # reconciles in a row that could not read the table: their backoff
         # When a watch event last touched each virtual service: the start of event_to_reap_seconds.
         self._event_at: dict[VirtualKey, float] = {}
         # A dry run deletes nothing, so every sweep would decide the same again: each stale real server is
@@ -118,7 +124,6 @@ class Agent:
         # What was last said about readiness, listings and addresses: one log line per change, not per try.
         self._said_not_ready: tuple[str, ...] | None = None
         self._address_error: str | None = None
-        self._ipvs_error: str | None = None
         self._release_memory = heap_trimmer()
         self._reflectors: list[Reflector] = []
         self.last_loop = clocks.monotonic()
@@ -257,7 +262,8 @@ class Agent:
         next_sweep = self._clocks.monotonic()
         while True:
             now = self._clocks.monotonic()
-            deadline = min([next_sweep, now + _CONFIG_POLL, *self._follow_up_at.values()])
+            scheduled = self._schedule.next_at()
+            deadline = min(next_sweep, now + _CONFIG_POLL, scheduled if scheduled is not None else next_sweep)
             if not self.cache.ready:
                 # Nothing to decide before the first complete listing; it requests the first sweep.
                 self.last_loop = now
@@ -275,18 +281,26 @@ class Agent:
                 # Pending event keys stay: their own reconcile after the sweep also starts the follow-ups
                 # a sweep does not (it leaves weighted real servers out).
                 self._sweep_requested = False
-                if await self._run("sweep", None, config):
+                if await self._run({"sweep"}, None, config):
                     jitter = self.options.sweep_jitter * self._rng.uniform(-1, 1)
                     next_sweep = now + self.options.sweep_interval * (1 + jitter)
                     self._release_memory()  # the whole table was read
+                else:
+                    next_sweep = now + self._failure_delay()  # not at once: that would spin
             else:
-                due = {key for key, at in self._follow_up_at.items() if at <= now}
-                for key in due:
-                    del self._follow_up_at[key]  # rescheduled after the read if still needed
-                keys, self._pending = self._pending | due, set()
-                if keys:
-                    await self._run("event" if not due else "follow-up", keys, config)
+                due = self._schedule.take_due(now)  # asked again after the read if still needed
+                triggers: set[str] = set().union(*due.values())
+                if self._pending - due.keys():
+                    triggers.add("event")
+                keys, self._pending = self._pending | due.keys(), set()
+                if keys and not await self._run(triggers, keys, config):
+                    for key in keys:  # an event's keys too: lost, they would wait for the next sweep
+                        self._schedule.ask(key, now + self._failure_delay(), Why.RETRY)
             await self._post_events()
+
+    def _failure_delay(self) -> float:
+        delays = self.options.reap_retry_delays
+        return delays[min(max(self._failed_reads, 1), len(delays)) - 1]
 
     async def config_forever(self) -> None:
         """Re-read the config and say what changed about readiness, and read the kernel's sysctls; runs from
@@ -377,7 +391,9 @@ class Agent:
         self._address_error = None
         self.cache.set_local_addresses(addresses)
 
-    async def _run(self, trigger: str, keys: Iterable[VirtualKey] | None, config: Config | None) -> bool:
+    async def _run(
+        self, triggers: set[str], keys: Iterable[VirtualKey] | None, config: Config | None
+    ) -> bool:
         """One reconcile; False when it could not run (no config, no table)."""
         if config is None:
             return False  # no good config has been read: defaults could reap more than the operator meant
@@ -400,17 +416,25 @@ class Agent:
                 result = await asyncio.to_thread(self.reconciler.reconcile, wanted, view, config)
             self.metrics.view_unusable.set(0 if view.usable else 1)
         except IpvsError as error:
-            if str(error) != self._ipvs_error:
+            self._failed_reads += 1
+            if self._failed_reads == 1:  # the sweep's and a service's read fail with different words
                 log.error(
-                    "%s: reading the IPVS table failed, reaping nothing until it works: %s", trigger, error
+                    "%s: reading the IPVS table failed, reaping nothing until it works (tried again in %g s, "
+                    "then backing off to %g s): %s",
+                    "+".join(sorted(triggers)),
+                    self._failure_delay(),
+                    self.options.reap_retry_delays[-1],
+                    error,
                 )
-            self._ipvs_error = str(error)
+            else:
+                log.debug("%s: reading the IPVS table failed again: %s", "+".join(sorted(triggers)), error)
             self.metrics.errors.labels("ipvs").inc()
             return False
-        if self._ipvs_error is not None:
+        if self._failed_reads:
             log.info("the IPVS table can be read again")
-            self._ipvs_error = None
-        self.metrics.reconciles.labels(trigger).inc()
+        self._failed_reads = 0
+        for trigger in triggers:
+            self.metrics.reconciles.labels(trigger).inc()
         self._after(result, wanted)
         return True
 
@@ -426,7 +450,7 @@ class Agent:
 
     def _forget_events(self, stale: frozenset[VirtualKey]) -> None:
         """Event times of virtual services with nothing left to reap or to follow up (bounded memory)."""
-        for key in [k for k in self._event_at if k not in stale and k not in self._follow_up_at]:
+        for key in [k for k in self._event_at if k not in stale and k not in self._schedule]:
             if key not in self._pending:
                 del self._event_at[key]
 
@@ -448,29 +472,94 @@ class Agent:
         elif self._last_refusal is not None:
             log.info("reaping resumed")
         self._last_refusal = refusal
-        # Follow-ups: read again, at growing delays, what kube-proxy still has to set to weight 0.
+        # What this reconcile read is scheduled again from what it found; a sweep read only the weight-0
+        # real servers, and the follow-ups on weighted ones stand.
         for key in read if read is not None else ():
+            self._schedule.cancel(key)
             if key not in result.follow_up:
-                self._follow_up_at.pop(key, None)
                 self._follow_up_step.pop(key, None)
+        # Follow-ups: read again, at growing delays, what kube-proxy still has to set to weight 0.
         delays = self.options.follow_up_delays
         for key in result.follow_up:
             step = self._follow_up_step.get(key, 0)
-            if step >= len(delays):
-                self._follow_up_at.pop(key, None)  # the sweep takes it from here
-                continue
-            self._follow_up_step[key] = step + 1
-            self._follow_up_at[key] = now + delays[step]
+            if step < len(delays):  # after the last, the sweep takes it from here
+                self._follow_up_step[key] = step + 1
+                self._schedule.ask(key, now + delays[step], Why.FOLLOW_UP)
         # A grace period or a cap ends: read that virtual service again then, not at the next sweep.
         wall = self._clocks.now()
         for key, when in result.due.items():
-            at = now + max(0.0, (when - wall).total_seconds())
-            self._follow_up_at[key] = min(self._follow_up_at.get(key, float("inf")), at)
+            self._schedule.ask(key, now + max(0.0, (when - wall).total_seconds()), Why.DUE)
+        self._schedule_rechecks(result, read, now)
+        self._note_retries(result, read, now)
         if self._events is not None:
             self._events.add(r for r in result.applied.records if id(r) not in self._repeated)
         self._repeated.clear()
 
+    def _schedule_rechecks(
+        self, result: ReconcileResult, read: frozenset[VirtualKey] | None, now: float
+    ) -> None:
+        """Real servers waiting for ActiveConn 0 are read again soon, so that the delete follows within
+        seconds of the last connection's end; all of them together within the reads-per-second budget."""
+        if read is None:
+            self._idle_waits = set(result.idle_waits)
+        else:
+            self._idle_waits = (self._idle_waits - read) | result.idle_waits
+        options = self.options
+        interval = recheck_interval(len(self._idle_waits), options.recheck_interval, options.recheck_rate)
+        self.metrics.rechecks(len(self._idle_waits), interval)
+        for key in result.idle_waits:
+            # Spread within the interval: a wave's rechecks would otherwise all come due together.
+            self._schedule.ask(key, now + interval * self._rng.uniform(0.5, 1.5), Why.RECHECK)
+
+    def _note_retries(self, result: ReconcileResult, read: frozenset[VirtualKey] | None, now: float) -> None:
+        """A failed delete is tried again within seconds, backing off per real server; one log line when it
+        starts failing, when its error changes and when it ends, and the outcome of each retry counted."""
+        attempted = set()
+        for record in result.applied.records:
+            key = record.decision.real_server.key
+            attempted.add(key)
+            if record.outcome is Outcome.FAILED:
+                failing, before = self._retries.failed(key, record.detail)
+                self._schedule.ask(key.virtual, now + failing.delay, Why.RETRY)
+                if before is not None:
+                    self.metrics.retried(record.outcome)
+                if before is None or before.error != failing.error:
+                    log.warning(
+                        "%s: delete failed (attempt %d), trying again in %g s, backing off to %g s: %s",
+                        _describe(key),
+                        failing.attempts,
+                        failing.delay,
+                        self.options.reap_retry_delays[-1],
+                        record.detail,
+                    )
+            else:
+                ended = self._retries.ended(key)
+                if ended is not None:
+                    self.metrics.retried(record.outcome)
+                    log.info(
+                        "%s: %s on attempt %d: %s",
+                        _describe(key),
+                        record.outcome.value,
+                        ended.attempts + 1,
+                        record.detail,
+                    )
+        decided = {d.real_server.key: d for d in result.plan.decisions}
+        for key in self._retries.of(read):
+            ended = self._retries.ended(key) if key not in attempted else None
+            if ended is None:
+                continue
+            self.metrics.retried(None)
+            decision = decided.get(key)
+            why = f"{decision.action.value}: {decision.reason}" if decision else "not at weight 0 any more"
+            log.info("%s: no longer retried after %d failures: %s", _describe(key), ended.attempts, why)
+        self.metrics.retrying.set(len(self._retries))
+
     def _record(self, record: ActionRecord) -> None:
+        if record.outcome is Outcome.FAILED:
+            failing = self._retries.get(record.decision.real_server.key)
+            if failing is not None and failing.error == record.detail:
+                self.metrics.record(record)  # the same failure again: said when it began, counted here
+                return
         if record.outcome is Outcome.WOULD_DELETE:
             key = record.decision.real_server.key
             if key in self._would_reaped:
@@ -490,3 +579,7 @@ class Agent:
             except ApiFailure as error:
                 log.warning("Event not posted (the deletion itself is logged): %s", error)
                 self.metrics.errors.labels("event").inc()
+
+
+def _describe(key: RealKey) -> str:
+    return f"{key.virtual} -> {format_endpoint(key.address, key.port)}"

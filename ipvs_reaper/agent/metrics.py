@@ -13,6 +13,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from ipvs_reaper.actor import ActionRecord, Outcome
+from ipvs_reaper.agent.schedule import Why
 from ipvs_reaper.kernel.exposure import Exposure
 from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.kernel.sysctl import IPVS_SYSCTLS
@@ -25,7 +26,9 @@ PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
 # The failures seen in practice, pre-created; any other errno still gets its own series when it happens.
 FAILURE_REASONS = ("EPERM", "EINVAL", "ENOMEM", "EBUSY", "EIO", "ENOBUFS", "sysctl", "reread", "other")
 ERROR_SITES = ("ipvs", "list", "watch", "heartbeat", "event", "addresses", "sysctl", "doctor")
-TRIGGERS = ("sweep", "event", "follow-up")
+TRIGGERS = ("sweep", "event", *(why.value for why in Why))
+# A retried delete's outcome; `dropped`: no longer to be deleted (kept, waiting, or gone from the table).
+RETRY_OUTCOMES = (Outcome.DELETED, Outcome.ALREADY_GONE, Outcome.SKIPPED, Outcome.FAILED, Outcome.REFUSED)
 _EXPOSED = {Exposure.EXPOSED: 1, Exposure.NOT_EXPOSED: 0, Exposure.UNKNOWN: -1}
 
 
@@ -152,6 +155,29 @@ class AgentMetrics:
             registry=r,
         )
         self.events_posted = Counter("ipvs_reaper_events_posted", "Kubernetes Events posted", registry=r)
+        self.retries = Counter(
+            "ipvs_reaper_reap_retries",
+            "Retries of failed deletes, by outcome (deleted, already-gone, skipped, failed, refused; "
+            "dropped: no longer to be deleted)",
+            ["outcome"],
+            registry=r,
+        )
+        self.retrying = Gauge(
+            "ipvs_reaper_reap_retrying",
+            "Real servers whose delete failed and is being retried",
+            registry=r,
+        )
+        self.idle_waits = Gauge(
+            "ipvs_reaper_idle_wait_virtual_services",
+            "Virtual services with a real server waiting for its ActiveConn to reach 0, read again every "
+            "ipvs_reaper_recheck_interval_seconds",
+            registry=r,
+        )
+        self.recheck_interval = Gauge(
+            "ipvs_reaper_recheck_interval_seconds",
+            "How often each of them is read again: --recheck-interval, longer when --recheck-rate says so",
+            registry=r,
+        )
         self._initialise(version, kernel_release)
 
     def _initialise(self, version: str, kernel_release: str) -> None:
@@ -171,6 +197,17 @@ class AgentMetrics:
             self.reconciles.labels(trigger)
         for site in ERROR_SITES:
             self.errors.labels(site)
+        for outcome in RETRY_OUTCOMES:
+            self.retries.labels(outcome.value)
+        self.retries.labels("dropped")
+
+    def retried(self, outcome: Outcome | None) -> None:
+        """One retry of a failed delete ended this way (None: no longer to be deleted)."""
+        self.retries.labels(outcome.value if outcome is not None else "dropped").inc()
+
+    def rechecks(self, waiting: int, interval: float) -> None:
+        self.idle_waits.set(waiting)
+        self.recheck_interval.set(interval)
 
     def record(self, record: ActionRecord) -> None:
         """One actor record: a deletion (or a dry run's), or a failure."""

@@ -46,6 +46,12 @@ class AgentOptions:
     relist_spread: float = 10.0
     # Pauses between failed listings or watch requests, the last repeated: an outage is waited out.
     retry_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
+    # A real server waiting for ActiveConn 0 is read again this often, and all of them together at most this
+    # many times a second (a rollout wave of many Services stretches the interval instead).
+    recheck_interval: float = 2.0
+    recheck_rate: float = 50.0
+    # After a failed delete (or a failed read), try again after these pauses, the last one repeated.
+    reap_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
     log_level: str = "info"
     log_format: str = "text"
 
@@ -76,6 +82,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sweep-interval", type=float, default=60.0, metavar="SECONDS", help="whole-table sweeps, ±10 %%"
+    )
+    parser.add_argument(
+        "--recheck-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="read a real server that waits for its ActiveConn to reach 0 again this often, so the delete "
+        "follows within seconds of its last connection",
+    )
+    parser.add_argument(
+        "--recheck-rate",
+        type=float,
+        default=50.0,
+        metavar="READS",
+        help="at most this many such reads a second in all: with more virtual services waiting, each is read "
+        "less often (ipvs_reaper_recheck_interval_seconds)",
     )
     parser.add_argument(
         "--relist-interval",
@@ -151,6 +173,12 @@ def _not_negative(value: float, flag: str) -> float:
     return value
 
 
+def _rate(value: float, flag: str) -> float:
+    if not value > 0 or value == float("inf"):
+        raise InputError(f"{flag}: expected a number of reads a second > 0, got {value:g}")
+    return value
+
+
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
     host, _, port_text = args.listen.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -177,6 +205,8 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         event_interval=_positive(args.event_interval, "--event-interval"),
         first_seen_file=args.first_seen_file,
         doctor_interval=_not_negative(args.doctor_interval, "--doctor-interval"),
+        recheck_interval=_positive(args.recheck_interval, "--recheck-interval"),
+        recheck_rate=_rate(args.recheck_rate, "--recheck-rate"),
         log_level=args.log_level,
         log_format=args.log_format,
     )

@@ -36,6 +36,8 @@ class ReconcileResult:
     follow_up: frozenset[VirtualKey]
     # When a waiting real server becomes reapable (its grace or cap ends), earliest per virtual service.
     due: Mapping[VirtualKey, datetime]
+    # Virtual services with a real server waiting only for its ActiveConn to reach 0.
+    idle_waits: frozenset[VirtualKey] = frozenset()
 
 
 def weight_zero_services(table: IpvsTable) -> frozenset[VirtualKey]:
@@ -149,7 +151,8 @@ class Reconciler:
             if d.action is Action.WAIT and d.reap_after is not None:
                 key = d.real_server.key.virtual
                 due[key] = min(due.get(key, d.reap_after), d.reap_after)
-        return ReconcileResult(plan, applied, follow_up, due)
+        idle_waits = frozenset(d.real_server.key.virtual for d in plan.decisions if d.awaits_idle)
+        return ReconcileResult(plan, applied, follow_up, due, idle_waits)
 
     def _recent_deletions(self) -> int:
         horizon = self._monotonic() - self._window
