@@ -287,15 +287,17 @@ class Agent:
                     self._release_memory()  # the whole table was read
                 else:
                     next_sweep = now + self._failure_delay()  # not at once: that would spin
-            else:
-                due = self._schedule.take_due(now)  # asked again after the read if still needed
-                triggers: set[str] = set().union(*due.values())
-                if self._pending - due.keys():
-                    triggers.add("event")
-                keys, self._pending = self._pending | due.keys(), set()
-                if keys and not await self._run(triggers, keys, config):
-                    for key in keys:  # an event's keys too: lost, they would wait for the next sweep
-                        self._schedule.ask(key, now + self._failure_delay(), Why.RETRY)
+                # Then what events and the schedule ask, in the same turn: a sweep that takes longer than
+                # the interval, or sweeps asked for again and again, must not starve them.
+                now = self._clocks.monotonic()
+            due = self._schedule.take_due(now)  # asked again after the read if still needed
+            triggers: set[str] = set().union(*due.values())
+            if self._pending - due.keys():
+                triggers.add("event")
+            keys, self._pending = self._pending | due.keys(), set()
+            if keys and not await self._run(triggers, keys, config):
+                for key in keys:  # an event's keys too: lost, they would wait for the next sweep
+                    self._schedule.ask(key, now + self._failure_delay(), Why.RETRY)
             await self._post_events()
 
     def _failure_delay(self) -> float:

@@ -37,6 +37,10 @@ CONTRACT = {
     "ipvs_reaper_node_exposed": (),
     "ipvs_reaper_sysctl": ("name",),
     "ipvs_reaper_build_info": ("version", "kernel_release"),
+    "ipvs_reaper_reap_retries_total": ("outcome",),
+    "ipvs_reaper_reap_retrying": (),
+    "ipvs_reaper_idle_wait_virtual_services": (),
+    "ipvs_reaper_recheck_interval_seconds": (),
 }
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

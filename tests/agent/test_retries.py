@@ -237,3 +237,24 @@ def test_retry_backoff_grows_to_its_last_step_and_ends() -> None:
     assert retries.ended(key) is None and len(retries) == 0
     assert recheck_interval(10, 2.0, 50.0) == 2.0
     assert recheck_interval(1000, 2.0, 50.0) == 20.0
+
+
+class SlowTable(FakeIpvs):
+    """A whole-table read slower than the sweep interval: a sweep is always due when one ends."""
+
+    def read_table(self) -> IpvsTable:
+        time.sleep(0.1)
+        return super().read_table()
+
+
+async def test_sweeps_back_to_back_do_not_starve_the_schedule(api: Any, tmp_path: Path) -> None:
+    busy = real(WEB, "10.1.0.2", 8080, active=3)
+    fake = SlowTable(table(real(WEB, "10.1.0.1", 8080, weight=1), busy))
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        opts = options(tmp_path, str(api.url), sweep_interval=0.05, recheck_interval=0.2)
+        async with running(opts, fake) as agent:
+            sweeps = agent.metrics.reconciles.labels("sweep")
+            rechecks = agent.metrics.reconciles.labels("recheck")
+            await eventually(lambda: sweeps._value.get() >= 5, timeout=20, what="sweeps")
+            await eventually(lambda: rechecks._value.get() >= 3, timeout=20, what="rechecks between sweeps")
