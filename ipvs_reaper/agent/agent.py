@@ -278,8 +278,6 @@ class Agent:
             now = self.last_loop = self._clocks.monotonic()
             config = self.config.state.config
             if self._sweep_requested or now >= next_sweep:
-                # Pending event keys stay: their own reconcile after the sweep also starts the follow-ups
-                # a sweep does not (it leaves weighted real servers out).
                 self._sweep_requested = False
                 if await self._run({"sweep"}, None, config):
                     jitter = self.options.sweep_jitter * self._rng.uniform(-1, 1)
@@ -288,7 +286,9 @@ class Agent:
                 else:
                     next_sweep = now + self._failure_delay()  # not at once: that would spin
                 # Then what events and the schedule ask, in the same turn: a sweep that takes longer than
-                # the interval, or sweeps asked for again and again, must not starve them.
+                # the interval, or sweeps asked for again and again, must not starve them. Event keys need
+                # their own read even after a sweep: it starts the follow-ups a sweep does not (a sweep
+                # leaves weighted real servers out).
                 now = self._clocks.monotonic()
             due = self._schedule.take_due(now)  # asked again after the read if still needed
             triggers: set[str] = set().union(*due.values())
@@ -504,8 +504,9 @@ class Agent:
         seconds of the last connection's end; all of them together within the reads-per-second budget."""
         if read is None:
             self._idle_waits = set(result.idle_waits)
-        else:
-            self._idle_waits = (self._idle_waits - read) | result.idle_waits
+        else:  # in place: the cost of a small reconcile is its own size, not the node's waits
+            self._idle_waits -= read
+            self._idle_waits |= result.idle_waits
         options = self.options
         interval = recheck_interval(len(self._idle_waits), options.recheck_interval, options.recheck_rate)
         self.metrics.rechecks(len(self._idle_waits), interval)
@@ -545,13 +546,12 @@ class Agent:
                         ended.attempts + 1,
                         record.detail,
                     )
-        decided = {d.real_server.key: d for d in result.plan.decisions}
         for key in self._retries.of(read):
             ended = self._retries.ended(key) if key not in attempted else None
             if ended is None:
                 continue
             self.metrics.retried(None)
-            decision = decided.get(key)
+            decision = next((d for d in result.plan.decisions if d.real_server.key == key), None)
             why = f"{decision.action.value}: {decision.reason}" if decision else "not at weight 0 any more"
             log.info("%s: no longer retried after %d failures: %s", _describe(key), ended.attempts, why)
         self.metrics.retrying.set(len(self._retries))

@@ -58,9 +58,6 @@ class Schedule:
     def __contains__(self, key: VirtualKey) -> bool:
         return key in self._at
 
-    def __len__(self) -> int:
-        return len(self._at)
-
 
 @dataclass(frozen=True, slots=True)
 class Failing:

@@ -14,8 +14,10 @@ import socket
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -39,6 +41,7 @@ PODS = [f"10.244.8.{n}" for n in range(2, 6)]
 DRAINING = "10.244.8.20"
 CHURN_SECONDS = 180.0
 _versions = itertools.count(10_000)
+_T = TypeVar("_T")
 
 # The load, in the client pod's namespace: short connections round the virtual services, a pause after each
 # round, and one in ten held open for a second (ActiveConn, so some weight-0 real servers wait for idle).
@@ -102,38 +105,26 @@ class Watched:
         self.failures: list[str] = []
         self._lock = threading.Lock()
 
-    def _count(self, name: str, error: IpvsError | None = None) -> None:
+    def _counted(self, name: str, call: Callable[[], _T]) -> _T:
+        try:
+            result = call()
+        except IpvsError as error:
+            with self._lock:
+                self.calls[name] += 1
+                self.failures.append(f"{name}: {error}")
+            raise
         with self._lock:
             self.calls[name] += 1
-            if error is not None:
-                self.failures.append(f"{name}: {error}")
+        return result
 
     def read_table(self) -> IpvsTable:
-        try:
-            table = self._backend.read_table()
-        except IpvsError as error:
-            self._count("read_table", error)
-            raise
-        self._count("read_table")
-        return table
+        return self._counted("read_table", self._backend.read_table)
 
     def read_service(self, virtual: VirtualKey) -> tuple[RealServer, ...] | None:
-        try:
-            found = self._backend.read_service(virtual)
-        except IpvsError as error:
-            self._count("read_service", error)
-            raise
-        self._count("read_service")
-        return found
+        return self._counted("read_service", partial(self._backend.read_service, virtual))
 
     def delete_real_server(self, key: RealKey) -> DeleteOutcome:
-        try:
-            outcome = self._backend.delete_real_server(key)
-        except IpvsError as error:
-            self._count("delete_real_server", error)
-            raise
-        self._count("delete_real_server")
-        return outcome
+        return self._counted("delete_real_server", partial(self._backend.delete_real_server, key))
 
 
 def kube_proxy_writes(lab: Lab, pod: str, weight: int) -> None:
