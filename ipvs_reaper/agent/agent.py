@@ -30,7 +30,7 @@ from ipvs_reaper.agent.schedule import ReapRetries, Schedule, Why, recheck_inter
 from ipvs_reaper.cluster.cache import ENDPOINT_SLICE, NODE, SERVICE, Affected, ClusterCache, Parsed
 from ipvs_reaper.cluster.reflector import Reflector, ReflectorTiming
 from ipvs_reaper.cluster.watch_api import Collection, WatchApi
-from ipvs_reaper.config import Config
+from ipvs_reaper.config import Config, SysctlMode
 from ipvs_reaper.config_reload import ReloadingConfig
 from ipvs_reaper.doctor.hostports import Names, hijacks
 from ipvs_reaper.doctor.report import metrics_view
@@ -39,7 +39,7 @@ from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.kernel.addresses import AddressError
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts
-from ipvs_reaper.kernel.sysctl import SysctlError, Sysctls
+from ipvs_reaper.kernel.sysctl import EXPIRE_NODEST_CONN, SysctlError, Sysctls
 from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules
 from ipvs_reaper.netfilter.walk import WalkTooLong
 from ipvs_reaper.planner import RefusalKind
@@ -80,6 +80,8 @@ class Agent:
         self._kernel_facts = kernel_facts
         self._read_rules = read_rules
         self._backend = backend
+        self._sysctls = sysctls
+        self._sysctl_failure: str | None = None  # said once, until it changes or the write works
         # The doctor pass's last conflicts (and whether the rules could be read): logged when they change.
         self._conflicts: frozenset[str] | None = None
         self._rules_unreadable: str | None = None
@@ -403,6 +405,7 @@ class Agent:
         wanted = frozenset(keys) if keys is not None else None
         try:
             if wanted is None:
+                self._keep_expire_nodest_conn(config)
                 await self._read_local_addresses()
                 table = await asyncio.to_thread(self.reconciler.read_table)
                 # The part of the view for the weight-0 real servers' virtual services decides as the whole
@@ -439,6 +442,33 @@ class Agent:
             self.metrics.reconciles.labels(trigger).inc()
         self._after(result, wanted)
         return True
+
+    def _keep_expire_nodest_conn(self, config: Config) -> None:
+        """With `enforce`, expire_nodest_conn=1 at every sweep, not only before a deletion. On a kernel with
+        c95c07836fa4 (5.10.83, 5.15.6, 5.16 and later) it alone sends a reused source port's new connection away
+        from a weight-0 real server, so it covers the terminating pod that is still serving and must not be
+        deleted yet; the rollout lab (docs/rollout.md) counted the failures without it."""
+        if config.expire_nodest_conn is not SysctlMode.ENFORCE or self.options.dry_run:
+            return
+        try:
+            was = self._sysctls.read(EXPIRE_NODEST_CONN)
+            if was is None:
+                return  # no ip_vs loaded: nothing to keep, and the table read says so
+            if was != 1:
+                self._sysctls.write(EXPIRE_NODEST_CONN, 1)
+                log.info(
+                    "set net.ipv4.vs.expire_nodest_conn=1 (it was %s): new connections leave weight-0 real "
+                    "servers, and a deleted one's connection entries are not dropped",
+                    was,
+                )
+        except SysctlError as error:
+            if str(error) != self._sysctl_failure:
+                log.warning("cannot keep net.ipv4.vs.expire_nodest_conn=1 (tried at every sweep): %s", error)
+            self._sysctl_failure = str(error)
+            return
+        if self._sysctl_failure is not None:
+            log.info("net.ipv4.vs.expire_nodest_conn is 1 again")
+        self._sysctl_failure = None
 
     async def _read_kernel_facts(self) -> None:
         """The sysctls and the exposure verdict, for metrics (three small files)."""
