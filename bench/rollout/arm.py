@@ -114,14 +114,19 @@ class Rollout:
         self.events.append((self.now(), text))
         print(f"[{self.node.name} {self.now():7.1f}] {text}", flush=True)
 
-    # --- pods and the slice ----------------------------------------------------------------------------------
+    # --- pods and the slice -------------------------------------------------------------------------------
 
     async def start_pod(self, generation: int, index: int) -> Pod:
         name = f"web-{generation}-{index}"
         address = f"10.244.{generation}.{10 + index}"
         netns = self.node.netns(name, address)
         process = self.node.python(
-            netns, "bench.rollout.pod", name, str(PORT), str(self.spec.timing.slow), log=self.scratch / "pods.log"
+            netns,
+            "bench.rollout.pod",
+            name,
+            str(PORT),
+            str(self.spec.timing.slow),
+            log=self.scratch / "pods.log",
         )
         pod = Pod(name, address, netns, process)
         await wait_answering(address, PORT, 120)
@@ -139,7 +144,7 @@ class Rollout:
             if self.cluster is not None:
                 await self.cluster.patch(SLICES, _versioned(self.slice_body()))
 
-    # --- background work -------------------------------------------------------------------------------------
+    # --- background work ----------------------------------------------------------------------------------
 
     async def sample(self) -> None:
         while True:
@@ -249,7 +254,9 @@ def agent_records(log: Path) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError):
             fields = json.loads(line)
             if isinstance(fields, dict) and "outcome" in fields and "real" in fields:
-                found.append({k: fields.get(k) for k in ("time", "real", "endpointState", "outcome", "detail")})
+                found.append(
+                    {k: fields.get(k) for k in ("time", "real", "endpointState", "outcome", "detail")}
+                )
     return found
 
 
@@ -278,7 +285,13 @@ async def run_arm(spec: ArmSpec, node: Node, scratch: Path) -> dict[str, Any]:
             )
             await lab.cluster.create(SLICES, _versioned(lab.slice_body()))
             await lab.cluster.create(NODES, _versioned(builders.node(NODE_NAME, NODE_IP)))
-            arguments = ["run", "--node-name", NODE_NAME, "--kubeconfig", kubeconfig(scratch, str(server.url))]
+            arguments = [
+                "run",
+                "--node-name",
+                NODE_NAME,
+                "--kubeconfig",
+                kubeconfig(scratch, str(server.url)),
+            ]
             listen = free_port()
             arguments += ["--listen", f"127.0.0.1:{listen}", "--log-format", "json"]
             if spec.arm == "reaper-immediate":
@@ -311,10 +324,17 @@ async def run_arm(spec: ArmSpec, node: Node, scratch: Path) -> dict[str, Any]:
         background = [asyncio.create_task(lab.sample()), asyncio.create_task(lab.tick())]
         loaders = {
             kind: node.python(
-                netns, "bench.rollout.load", address, str(port), str(scratch / f"{kind}.jsonl"),
-                "--rate", str(timing.rate), "--concurrency", str(timing.concurrency),
+                netns,
+                "bench.rollout.load",
+                address,
+                str(port),
+                str(scratch / f"{kind}.jsonl"),
+                "--rate",
+                str(timing.rate),
+                "--concurrency",
+                str(timing.concurrency),
                 log=scratch / f"{kind}.log",
-            )  # fmt: skip
+            )
             for kind, (netns, address, port) in clients.items()
         }
         lab.log("load started")

@@ -1,5 +1,5 @@
-"""The rollout lab's client, `ab -r`-like: `python -m bench.rollout.load ADDRESS PORT OUT [options]`, started in
-a client's network namespace. Concurrency 10 without keep-alive (one connection per request), at most
+"""The rollout lab's client, `ab -r`-like: `python -m bench.rollout.load ADDRESS PORT OUT [options]`, started
+in a client's network namespace. Concurrency 10 without keep-alive (one connection per request), at most
 --rate requests a second in all, every --slow-every'th request asks for `/slow`. It runs until SIGTERM,
 then writes one JSON array per request to OUT:
 
@@ -99,10 +99,14 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("out", type=Path)
     parser.add_argument("--concurrency", type=int, default=10, help="(default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=25.0, help="requests a second at most (default: %(default)s)")
+    parser.add_argument(
+        "--rate", type=float, default=25.0, help="requests a second at most (default: %(default)s)"
+    )
     parser.add_argument("--slow-every", type=int, default=20, help="(default: %(default)s)")
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=15.0, help="seconds for the answer (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds for the answer (default: %(default)s)"
+    )
     options = parser.parse_args()
     records = asyncio.run(run(options))
     options.out.write_text("\n".join(json.dumps(record) for record in records) + "\n")

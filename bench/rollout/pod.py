@@ -45,7 +45,7 @@ def serve(name: str, port: int, slow_seconds: float) -> None:
     listener.listen(128)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        # shutdown() makes the blocked (or next) accept() fail; a connection already accepted is still answered.
+        # shutdown() makes the blocked (or next) accept() fail; a connection already accepted is answered.
         listener.shutdown(socket.SHUT_RDWR)
 
     signal.signal(signal.SIGTERM, stop)

@@ -17,7 +17,8 @@ def percentile(values: list[float], share: float) -> float | None:
 
 
 def reused_ports(records: list[list[Any]]) -> tuple[int, int]:
-    """(requests whose source port, as the pod saw it, was seen within IPVS's TIME_WAIT before; requests seen)."""
+    """(requests whose source port, as the pod saw it, was seen within IPVS's TIME_WAIT before; requests
+    with a source port seen)."""
     last: dict[int, float] = {}
     reused = seen = 0
     for record in sorted(records, key=lambda r: r[0]):
@@ -80,7 +81,8 @@ def arm_summary(result: dict[str, Any]) -> dict[str, Any]:
         "setting": spec["setting"],
         "sysctls": result["sysctls"],
         "clients": {
-            kind: client_summary(records, rollout["ended"], end) for kind, records in result["clients"].items()
+            kind: client_summary(records, rollout["ended"], end)
+            for kind, records in result["clients"].items()
         },
         "nginx_errors": result["nginx_errors"],
         "weight_zero": weight_zero(result["samples"], end),

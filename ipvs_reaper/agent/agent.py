@@ -445,9 +445,9 @@ class Agent:
 
     def _keep_expire_nodest_conn(self, config: Config) -> None:
         """With `enforce`, expire_nodest_conn=1 at every sweep, not only before a deletion. On a kernel with
-        c95c07836fa4 (5.10.83, 5.15.6, 5.16 and later) it alone sends a reused source port's new connection away
-        from a weight-0 real server, so it covers the terminating pod that is still serving and must not be
-        deleted yet; the rollout lab (docs/rollout.md) counted the failures without it."""
+        c95c07836fa4 (5.10.83, 5.15.6, 5.16 and later) it alone sends a reused source port's new connection
+        away from a weight-0 real server, so it covers the terminating pod that is still serving and must not
+        be deleted yet; the rollout lab (docs/rollout.md) counted the failures without it."""
         if config.expire_nodest_conn is not SysctlMode.ENFORCE or self.options.dry_run:
             return
         try:

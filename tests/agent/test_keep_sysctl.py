@@ -1,6 +1,7 @@
-"""With `expireNodestConn: enforce` the agent keeps net.ipv4.vs.expire_nodest_conn=1 from its first sweep, with
-nothing to delete: on kernels with c95c07836fa4 that alone sends a reused source port away from a terminating
-pod's weight-0 real server, which the reaper must not delete while the pod still serves (docs/rollout.md)."""
+"""With `expireNodestConn: enforce` the agent keeps net.ipv4.vs.expire_nodest_conn=1 from its first sweep,
+with nothing to delete: on kernels with c95c07836fa4 that alone sends a reused source port away from a
+terminating pod's weight-0 real server, which the reaper must not delete while the pod still serves
+(docs/rollout.md)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ async def test_enforce_sets_it_at_the_first_sweep_and_again_when_someone_resets_
     assert sysctls.writes == [("expire_nodest_conn", 1)] * 2
 
 
-@pytest.mark.parametrize(("config", "dry_run"), [("expireNodestConn: report-only\n", False),
-                                                 ("expireNodestConn: ignore\n", False), ("", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("config", "dry_run"),
+    [("expireNodestConn: report-only\n", False), ("expireNodestConn: ignore\n", False), ("", True)],
+)
 async def test_only_enforce_writes_it_and_never_in_a_dry_run(
     api: Any, tmp_path: Path, config: str, dry_run: bool
 ) -> None:
@@ -67,5 +70,9 @@ async def test_a_refused_write_is_said_once_and_the_agent_goes_on(
             await eventually(lambda: sweeps._value.get() >= 3, what="three sweeps")
             sysctls.writable = True
             await eventually(lambda: sysctls.values["expire_nodest_conn"] == 1, what="set once it can be")
-    warnings = [r.getMessage() for r in caplog.records if "cannot keep net.ipv4.vs.expire_nodest_conn" in r.getMessage()]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if "cannot keep net.ipv4.vs.expire_nodest_conn" in r.getMessage()
+    ]
     assert len(warnings) == 1, warnings
