@@ -5,7 +5,8 @@ kube-proxy (`pkg/proxy/ipvs/proxier.go` `syncEndpoint`, `graceful_termination.go
 docs/kube-proxy-source-notes.md E6, E7): a ready endpoint that is missing is added at weight 1, and one
 still on the graceful list is deleted and added again; an endpoint no longer ready is deleted at once if
 ActiveConn + InActConn is 0 (or the protocol is UDP or SCTP), else set to weight 0 and put on the list;
-every 60 s, each real server on the list is deleted once ActiveConn + InActConn is 0, or dropped from the list if it is gone.
+every 60 s, each real server on the list is deleted once ActiveConn + InActConn is 0, or dropped from the
+list if it is gone.
 
 kube-router (`network_services_controller.go` `ipvsDeleteDestination`, `gracefulSync`): a removed endpoint is
 set to weight 0 and queued; every 5 s, each queued real server is deleted once it has no connection at all,
