@@ -1,6 +1,7 @@
 """Benchmark of the agent's rechecks during a rollout wave: `ipvs-reaper run` (a child process, as in
-bench/agent_kmock.py) against kmock's emulator with N Services, and a wave of W Services whose old pod goes
-while it still has live connections (ActiveConn 3), so each waits for idle under the default policy.
+bench/agent_kmock.py) against kmock's emulator with N Services, and a wave of W Services whose old pod is
+terminating (no longer serving) while it still has live connections (ActiveConn 3), so each waits for idle
+under the default policy.
 
     .venv/bin/python -m bench.agent_wave [--services 10000] [--wave 1000] [--wait 40] [--recheck-rate 50]
 
@@ -86,7 +87,13 @@ async def bench(services: int, wave: int, wait: float, interval: float, rate: fl
                     headers={"Content-Type": "application/merge-patch+json"}
                 ) as session:
                     for i in event_targets(services, wave):
-                        body = slice_body(i, endpoints=ENDPOINTS - 1, version=1)
+                        body = slice_body(i, version=1)
+                        # Terminating, not serving: the default waits for idle there (gone goes at once).
+                        body["endpoints"][-1]["conditions"] = {
+                            "ready": False,
+                            "serving": False,
+                            "terminating": True,
+                        }
                         meta = body["metadata"]
                         path = f"apis/discovery.k8s.io/v1/namespaces/{meta['namespace']}/endpointslices"
                         async with session.patch(f"{url.rstrip('/')}/{path}/{meta['name']}", json=body) as r:

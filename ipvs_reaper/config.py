@@ -88,14 +88,17 @@ class PolicyOverride:
 
 
 # Defaults, and why:
-# - gone: the pod is deleted and its connections are dead; an idle real server (ActiveConn 0) is reaped at
-#   once, which is what ends the incident. ActiveConn > 0 can still be a pod draining on a cluster that
-#   drops terminating endpoints from slices, so those wait for the connections, at most 5 minutes.
-# - terminating (not serving): the pod is shutting down and failing readiness; the same reasoning.
+# - gone: the pod is deleted (since Kubernetes 1.22 a terminating pod's endpoint stays in its slice, marked
+#   terminating, until then), so it has nothing left to drain: reaped at once, whatever ActiveConn says.
+#   ActiveConn is no sign of life there: where reused ports reach the dead pod (the pre-fix IPVS under
+#   kube-proxy's own settings), each reused SYN keeps an entry ESTABLISHED, and the rollout lab
+#   (docs/rollout.md) saw 34 of them hold a gone pod's real server, and its clients failing, until the cap.
+# - terminating (not serving): the pod is shutting down and may be finishing requests: reaped once
+#   ActiveConn is 0, at most 5 minutes after; when the pod is gone, the rule above takes over.
 # - not-ready: the pod is alive and answers existing connections; readiness flaps are common, so wait
 #   30 s before reaping even an idle one, and never cut live connections (no cap).
 DEFAULT_POLICY = StatePolicy(
-    gone=Rule(ReapMode.IDLE, grace_seconds=0, max_wait_seconds=300),
+    gone=Rule(ReapMode.ALWAYS, grace_seconds=0, max_wait_seconds=300),  # the cap, if `reap: idle` is set
     terminating=Rule(ReapMode.IDLE, grace_seconds=0, max_wait_seconds=300),
     not_ready=Rule(ReapMode.IDLE, grace_seconds=30, max_wait_seconds=None),
 )

@@ -41,7 +41,7 @@ def test_scan_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert document["schemaVersion"] == 1
     assert document["refusal"] is None and document["warnings"] == []
-    assert document["summary"] == {"reap": 5, "wait": 3, "keep": 2}
+    assert document["summary"] == {"reap": 6, "wait": 2, "keep": 2}
     assert document["node"] == "node-a"
     kernel = document["kernel"]
     assert isinstance(kernel, dict)
@@ -84,7 +84,7 @@ def test_scan_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scan", *OFFLINE, "--ipvs-table", "examples/ip_vs.txt"]) == 0
     out = capsys.readouterr().out
     assert "PROTO" in out and "shop/web" in out
-    assert "5 to reap, 3 waiting, 2 kept" in out
+    assert "6 to reap, 2 waiting, 2 kept" in out
 
 
 @pytest.mark.parametrize(
@@ -155,6 +155,7 @@ def test_reap_once_fixes_the_incident_with_no_config(
         ("198.51.100.7:443", "10.244.4.9"),
         ("10.96.0.10:53", "10.244.1.6"),
         ("[fd00:10:96::a]:80", "fd00:10:244:2::9"),
+        ("203.0.113.10:80", "10.244.6.4"),  # gone with ActiveConn 2: nothing alive holds those
     }
     assert sysctls.values["expire_nodest_conn"] == 1
     assert {r["outcome"] for r in document["results"]} == {"deleted"}

@@ -176,7 +176,7 @@ def test_standard_input_for_one_file(
         input=(ROOT / TABLE).read_bytes(), capture_output=True, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["summary"]["reap"] == 5
+    assert json.loads(done.stdout)["summary"]["reap"] == 6
     err = fails(capsys, ["scan", "--node-name", "n", "--cluster-state", "-", "--ipvs-table", "-"])
     assert "only one input can be read from standard input, not --cluster-state and --ipvs-table" in err
 
@@ -461,7 +461,7 @@ def test_unreadable_node_addresses_are_a_warning_not_a_failure(
     assert main(["scan", "--node-name", "node-a", "--cluster-state", "examples/cluster.json"], access) == 0
     captured = capsys.readouterr()
     assert "Operation not permitted: NodePorts map only to the Node object's addresses" in captured.err
-    assert "5 to reap" in captured.out
+    assert "6 to reap" in captured.out
 
 
 # --- what the view itself says is missing -----------------------------------------------------------------

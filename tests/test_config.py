@@ -24,9 +24,15 @@ def test_empty_config_is_the_defaults() -> None:
     assert parse_config({}) == Config()
 
 
-def test_defaults_reap_an_idle_gone_real_server_at_once() -> None:
-    assert DEFAULT_POLICY.gone.reap is ReapMode.IDLE
-    assert DEFAULT_POLICY.gone.grace_seconds == 0
+def test_defaults_reap_a_gone_real_server_at_once_and_wait_for_a_terminating_ones_connections() -> None:
+    # docs/rollout.md: a gone pod's ActiveConn is kept up by reused ports on the kernel where it matters.
+    assert DEFAULT_POLICY.gone == Rule(ReapMode.ALWAYS, 0, 300)
+    assert DEFAULT_POLICY.terminating == Rule(ReapMode.IDLE, 0, 300)
+
+
+def test_switching_gone_back_to_idle_keeps_the_cap() -> None:
+    config = parse_config({"policy": {"gone": {"reap": "idle"}}})
+    assert config.policy.gone == Rule(ReapMode.IDLE, 0, 300)
 
 
 def test_full_config() -> None:

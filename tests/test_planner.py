@@ -64,11 +64,22 @@ def only(p: Plan) -> tuple[Action, str]:
 LIVE = endpoint("10.1.0.1")
 
 
-def test_gone_and_idle_is_reaped_at_once() -> None:
-    p = plan([rs("10.1.0.1", weight=1), rs("10.1.0.9")], [LIVE])
+def test_gone_is_reaped_at_once_whatever_its_connections() -> None:
+    # docs/rollout.md: a gone pod's ActiveConn is kept up by reused ports, not by anything alive.
+    for active in (0, 34):
+        p = plan([rs("10.1.0.1", weight=1), rs("10.1.0.9", active=active)], [LIVE])
+        assert only(p) == (Action.REAP, "gone: reap regardless of connections")
+        assert not p.reaps[0].requires_idle
+        assert p.reaps[0].endpoint.state is EndpointState.GONE
+
+
+IDLE_GONE = parse_config({"policy": {"gone": {"reap": "idle"}}, "breaker": {"minDeletions": 100}})
+
+
+def test_gone_and_idle_is_reaped_at_once_under_an_idle_rule() -> None:
+    p = plan([rs("10.1.0.1", weight=1), rs("10.1.0.9")], [LIVE], config=IDLE_GONE)
     assert only(p)[0] is Action.REAP
     assert p.reaps[0].requires_idle
-    assert p.reaps[0].endpoint.state is EndpointState.GONE
 
 
 def test_weight_above_zero_is_kept_even_when_gone() -> None:
@@ -89,12 +100,14 @@ def test_terminating_but_serving_is_kept_even_with_immediate() -> None:
         )
 
 
-def test_gone_with_connections_waits_for_the_cap() -> None:
+def test_gone_with_connections_waits_for_the_cap_under_an_idle_rule() -> None:
     r = rs("10.1.0.9", active=3)
-    waiting = plan([r], [LIVE])
+    waiting = plan([r], [LIVE], config=IDLE_GONE)
     assert only(waiting)[0] is Action.WAIT
     assert waiting.decisions[0].reap_after == NOW + timedelta(seconds=300)
-    later = plan([r], [LIVE], first_seen=waiting.first_seen, now=NOW + timedelta(seconds=300))
+    later = plan(
+        [r], [LIVE], first_seen=waiting.first_seen, now=NOW + timedelta(seconds=300), config=IDLE_GONE
+    )
     assert only(later)[0] is Action.REAP
     assert not later.reaps[0].requires_idle
 

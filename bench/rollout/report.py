@@ -12,6 +12,7 @@ from bench.rollout.summary import arm_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "rollout.md"
+README = ROOT / "README.md"
 PICTURE = ROOT / "docs" / "rollout.png"
 BEGIN, END = (
     "<!-- rollout-lab: begin (bench/rollout_lab.py report --write-docs) -->",
@@ -84,6 +85,36 @@ def headline(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]]) -> s
             label = f"**{title}** ({_sysctl_text(first)})" if setting == "kube-proxy" else title
             lines.append(f"| {label} | " + " | ".join(_cell(runs) if runs else "" for runs in row) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def readme_table(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]]) -> str:
+    """README's summary: per kernel and setting, failed requests per rollout with kube-proxy alone and with
+    the reaper's default policy (the lowest and highest run)."""
+    kernels = [k for k in KERNEL_ORDER if any(key[0] == k for key in found)]
+    lines = [
+        "| `conn_reuse_mode`, `expire_nodest_conn` | " + " | ".join(KERNEL_TITLES[k] for k in kernels) + " |",
+        "|---" * (1 + len(kernels)) + "|",
+    ]
+    for setting, title in SETTING_TITLES.items():
+        cells = []
+        for kernel in kernels:
+            alone = found.get((kernel, setting, "kube-proxy"), [])
+            reaped = found.get((kernel, setting, "reaper-default"), [])
+            if not alone or not reaped:
+                cells.append("")
+                continue
+            before = _spread([_failed(summary) for summary, _ in alone])
+            after = _spread([_failed(summary) for summary, _ in reaped])
+            sysctls = alone[0][0]["sysctls"]
+            own = (
+                f" ({sysctls['conn_reuse_mode']}, {sysctls['expire_nodest_conn']})"
+                if setting == "kube-proxy"
+                else ""
+            )
+            cells.append(f"{'**' + before + '**' if before != '0' else before} → {after}{own}")
+        label = f"**{title}**" if setting == "kube-proxy" else title
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -204,11 +235,19 @@ def write_report(directories: list[Path], *, write_docs: bool) -> None:
         details(found),
     ])  # fmt: skip
     print(generated)
+    print(readme_table(found))
     if not write_docs:
         return
     pictured = draw(found, PICTURE)
     if pictured:
         generated += f"\n\n![Failures and connect latency through one rollout ({pictured})](rollout.png)\n"
-    text = DOC.read_text()
+    _replace_between(DOC, generated)
+    _replace_between(README, readme_table(found))
+
+
+def _replace_between(path: Path, generated: str) -> None:
+    text = path.read_text()
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    DOC.write_text(pattern.sub(lambda _: f"{BEGIN}\n{generated}\n{END}", text))
+    if not pattern.search(text):
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers to write between")
+    path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{generated}\n{END}", text))
