@@ -58,16 +58,24 @@ def sysctls_for(setting: str, variant: Variant) -> dict[str, int]:
 
 
 def plan(
-    variant: Variant, settings: list[str], arms: list[str], repeats: int, timing: Timing, nginx: Path
+    variant: Variant,
+    settings: list[str],
+    arms: list[str],
+    repeats: int,
+    timing: Timing,
+    nginx: Path,
+    together: int = 1,
 ) -> list[list[dict[str, object]]]:
+    """Batches of arms that run side by side: every arm of `together` settings at a time."""
     batches: list[list[dict[str, object]]] = []
     for repeat in range(1, repeats + 1):
-        for setting in settings:
+        for first in range(0, len(settings), together):
             batch: list[dict[str, object]] = []
-            for arm in arms:
-                spec = ArmSpec(arm, setting, sysctls_for(setting, variant), timing, str(nginx))
-                name = f"{setting.replace(',', '')}-{arm}-r{repeat}"
-                batch.append({"name": name, "spec": asdict(spec)})
+            for setting in settings[first : first + together]:
+                for arm in arms:
+                    spec = ArmSpec(arm, setting, sysctls_for(setting, variant), timing, str(nginx))
+                    name = f"{setting.replace(',', '')}-{arm}-r{repeat}"
+                    batch.append({"name": name, "spec": asdict(spec)})
             batches.append(batch)
     return batches
 
@@ -80,7 +88,11 @@ def run(options: argparse.Namespace) -> int:
         results = options.results / variant.value
         results.mkdir(parents=True, exist_ok=True)
         (results / "plan.json").write_text(
-            json.dumps(plan(variant, options.settings, options.arms, options.repeats, timing, nginx))
+            json.dumps(
+                plan(
+                    variant, options.settings, options.arms, options.repeats, timing, nginx, options.together
+                )
+            )
         )
         started = time.monotonic()
         try:
@@ -91,7 +103,7 @@ def run(options: argparse.Namespace) -> int:
                 results=results,
                 env={ENVIRONMENT: variant.value},
                 timeout_seconds=options.vm_timeout,
-                memory_mib=4096,
+                memory_mib=6144,
             )
         except VmError as error:
             print(f"{variant.title}: {error}", file=sys.stderr)
@@ -113,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="conn_reuse_mode,expire_nodest_conn or kube-proxy (default: all)")  # fmt: skip
     running.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="(default: all)")
     running.add_argument("--repeats", type=int, default=2, help="(default: %(default)s)")
+    running.add_argument("--together", type=int, default=1,
+                         help="settings run side by side in one batch (default: %(default)s)")  # fmt: skip
     running.add_argument("--warmup", type=float, default=15.0, help="seconds (default: %(default)s)")
     running.add_argument("--window", type=float, default=130.0,
                          help="seconds of load after the rollout (default: %(default)s)")  # fmt: skip

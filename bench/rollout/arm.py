@@ -6,7 +6,8 @@ the EndpointSlice gains it and marks the old one terminating (still serving), th
 readiness period later it is no longer serving; when it exits (or is killed at its grace period) its
 address goes (CNI DEL) and it leaves the slice. Then the clients go on for the window. Who programs IPVS is
 the arm: kube-proxy's stand-in alone, kube-proxy with the reaper (`ipvs-reaper run`, the installed command,
-its cluster kmock's emulator following the same slice), or kube-router's stand-in alone."""
+its cluster kmock's emulator following the same slice) under one of three policies, or kube-router's
+stand-in alone."""
 
 from __future__ import annotations
 
@@ -32,13 +33,19 @@ from bench.rollout.scene import Node, enter, read_sysctl, wait_exit, write_sysct
 from tests import builders
 from tests.agent.harness import NODES, SERVICES, SLICES, Cluster, free_port, kubeconfig
 
-ARMS = ("kube-proxy", "reaper-immediate", "reaper-default", "kube-router")
+ARMS = ("kube-proxy", "reaper-immediate", "reaper-default", "reaper-idle", "kube-router")
 VIP, PORT = "10.96.0.10", 80
 CLIENT, PROXY, PROXY_LOADER = "10.244.9.9", "10.244.9.10", "10.244.9.11"
 NODE_NAME, NODE_IP = "node-a", "192.168.49.2"
 FIRST_PORT = 40000
 REAPER = Path(sys.executable).with_name("ipvs-reaper")
-IMMEDIATE = "policy:\n  gone: {reap: always}\n  terminating: {reap: always}\n"
+# The reaper's configs: none for the default policy.
+CONFIGS = {
+    "reaper-immediate": "policy:\n  gone: {reap: always}\n  terminating: {reap: always}\n",
+    # The default before this lab: `gone` too waited for ActiveConn 0, at most 300 s.
+    "reaper-idle": "policy:\n  gone: {reap: idle, maxWaitSeconds: 300}\n"
+    "  terminating: {reap: idle, maxWaitSeconds: 300}\n",
+}
 VS_SYSCTLS = ("conn_reuse_mode", "expire_nodest_conn", "conntrack", "expire_quiescent_template")
 
 
@@ -294,8 +301,8 @@ async def run_arm(spec: ArmSpec, node: Node, scratch: Path) -> dict[str, Any]:
             ]
             listen = free_port()
             arguments += ["--listen", f"127.0.0.1:{listen}", "--log-format", "json"]
-            if spec.arm == "reaper-immediate":
-                (scratch / "config.yaml").write_text(IMMEDIATE)
+            if spec.arm in CONFIGS:
+                (scratch / "config.yaml").write_text(CONFIGS[spec.arm])
                 arguments += ["--config", str(scratch / "config.yaml")]
             with agent_log.open("wb") as sink:
                 agent = subprocess.Popen([str(REAPER), *arguments], stdout=sink, stderr=subprocess.STDOUT)

@@ -32,6 +32,7 @@ ARM_TITLES = {
     "kube-proxy": "kube-proxy alone",
     "reaper-immediate": "+ reaper, `immediate`",
     "reaper-default": "+ reaper, default policy",
+    "reaper-idle": "+ reaper, idle-only (the earlier default)",
     "kube-router": "kube-router's rule",
 }
 FAILURE_KINDS = ("refused", "reset", "timeout", "unreachable", "cut", "http-502", "http-504")
@@ -184,7 +185,7 @@ def draw(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]], path: Pa
         return None
     figure, (failures, latency) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     colors = {"kube-proxy": "tab:red", "reaper-immediate": "tab:blue", "reaper-default": "tab:green",
-              "kube-router": "tab:orange"}  # fmt: skip
+              "reaper-idle": "tab:purple", "kube-router": "tab:orange"}  # fmt: skip
     bin_seconds = 5.0
     for arm, title in ARM_TITLES.items():
         runs = found.get((*choice, arm))
