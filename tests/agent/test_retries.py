@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ipvs_reaper.agent.options import AgentOptions
 from ipvs_reaper.agent.schedule import ReapRetries, Schedule, Why, recheck_interval
 from ipvs_reaper.ipvs.backend import IpvsError
 from ipvs_reaper.ipvs.fake import FakeIpvs
@@ -45,6 +46,13 @@ class Attempts:
 
     def gaps(self) -> list[float]:
         return [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+
+
+def waiting_for_idle(tmp_path: Path, **overrides: Any) -> AgentOptions:
+    """A gone pod's real server is reaped at once by default; these tests wait on the idle rule itself."""
+    config = tmp_path / "config.yaml"
+    config.write_text("policy:\n  gone: {reap: idle, maxWaitSeconds: 300}\n")
+    return replace(options(tmp_path, overrides.pop("url"), **overrides), config_path=config)
 
 
 def said(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -174,7 +182,7 @@ async def test_a_real_server_waiting_for_idle_is_deleted_soon_after_its_last_con
     fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), busy))
     async with Cluster(str(api.url)) as cluster:
         await seed(cluster, web_slice(endpoint("10.1.0.1")))
-        async with running(options(tmp_path, str(api.url), recheck_interval=0.2), fake) as agent:
+        async with running(waiting_for_idle(tmp_path, url=str(api.url), recheck_interval=0.2), fake) as agent:
             await eventually(lambda: agent.metrics.idle_waits._value.get() == 1, what="waiting for idle")
             rechecks = agent.metrics.reconciles.labels("recheck")
             await eventually(lambda: rechecks._value.get() >= 2, timeout=10, what="read again while waiting")
@@ -199,7 +207,7 @@ async def test_rechecks_of_many_waiting_services_stay_within_the_reads_budget(
         return original(virtual)
 
     fake.read_service = counted  # type: ignore[method-assign]
-    opts = options(tmp_path, str(api.url), recheck_interval=0.2, recheck_rate=20.0)
+    opts = waiting_for_idle(tmp_path, url=str(api.url), recheck_interval=0.2, recheck_rate=20.0)
     async with Cluster(str(api.url)) as cluster:
         for n, address in enumerate(services):
             await cluster.create(SERVICES, service("a", f"svc-{n}", [address], [port(80)]))
@@ -252,7 +260,7 @@ async def test_sweeps_back_to_back_do_not_starve_the_schedule(api: Any, tmp_path
     fake = SlowTable(table(real(WEB, "10.1.0.1", 8080, weight=1), busy))
     async with Cluster(str(api.url)) as cluster:
         await seed(cluster, web_slice(endpoint("10.1.0.1")))
-        opts = options(tmp_path, str(api.url), sweep_interval=0.05, recheck_interval=0.2)
+        opts = waiting_for_idle(tmp_path, url=str(api.url), sweep_interval=0.05, recheck_interval=0.2)
         async with running(opts, fake) as agent:
             sweeps = agent.metrics.reconciles.labels("sweep")
             rechecks = agent.metrics.reconciles.labels("recheck")

@@ -34,8 +34,9 @@ from tests.kernel.lab import Lab
 from tests.kernel.pods import socket_in
 
 SERVICE_COUNT = 6
-# Services whose only pod went while a connection to it stays open: each waits for idle the whole time,
-# read again every recheck interval, and must go within seconds once its connection closes.
+# Services whose only pod is terminating (no longer serving) while a connection to it stays open: each
+# waits for idle the whole time, read again every recheck interval, and must go within seconds once its
+# connection closes. (A gone pod's real server is reaped at once, connections or not.)
 DRAIN_COUNT = 24
 PODS = [f"10.244.8.{n}" for n in range(2, 6)]
 DRAINING = "10.244.8.20"
@@ -89,8 +90,11 @@ def drain_vip(n: int) -> str:
     return f"10.96.9.{n + 1}"
 
 
-def slice_of(n: int, pods: list[str], name: str = "svc") -> dict[str, Any]:
+def slice_of(
+    n: int, pods: list[str], name: str = "svc", terminating: tuple[str, ...] = ()
+) -> dict[str, Any]:
     endpoints = [builders.endpoint(pod) for pod in pods]
+    endpoints += [builders.endpoint(pod, ready=False, serving=False, terminating=True) for pod in terminating]
     body = builders.endpoint_slice("load", f"{name}-{n}-1", f"{name}-{n}", [builders.port(8080)], endpoints)
     return versioned(body)
 
@@ -220,7 +224,7 @@ async def test_the_whole_agent_under_load_loses_no_netlink_operation(
         for n, address in enumerate(drains):
             service = builders.service("load", f"drain-{n}", [address], [builders.port(80)])
             await cluster.create(SERVICES, versioned(service))
-            await cluster.create(SLICES, slice_of(n, [], name="drain"))
+            await cluster.create(SLICES, slice_of(n, [], name="drain", terminating=(DRAINING,)))
         async with running(opts, backend, sysctls=ProcSysctls(), rules=rules) as agent:  # type: ignore[arg-type]
             await asyncio.sleep(2)  # ready, and its first sweeps
             stop = asyncio.get_running_loop().time() + CHURN_SECONDS
