@@ -90,9 +90,7 @@ def drain_vip(n: int) -> str:
     return f"10.96.9.{n + 1}"
 
 
-def slice_of(
-    n: int, pods: list[str], name: str = "svc", terminating: tuple[str, ...] = ()
-) -> dict[str, Any]:
+def slice_of(n: int, pods: list[str], name: str = "svc", terminating: tuple[str, ...] = ()) -> dict[str, Any]:
     endpoints = [builders.endpoint(pod) for pod in pods]
     endpoints += [builders.endpoint(pod, ready=False, serving=False, terminating=True) for pod in terminating]
     body = builders.endpoint_slice("load", f"{name}-{n}-1", f"{name}-{n}", [builders.port(8080)], endpoints)
