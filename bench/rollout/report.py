@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rollout.summary import arm_summary
+from tests.vm.variant import Variant
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "rollout.md"
@@ -18,9 +19,11 @@ BEGIN, END = (
     "<!-- rollout-lab: begin (bench/rollout_lab.py report --write-docs) -->",
     "<!-- rollout-lab: end -->",
 )
-KERNEL_TITLES = {"pre-fix": "pre-fix IPVS (Debian 6.1)", "5.10": "Debian 5.10", "6.1": "Debian 6.1",
-                 "6.12": "Debian 6.12"}  # fmt: skip
-KERNEL_ORDER = list(KERNEL_TITLES)
+# README's kernel table's order and titles.
+KERNEL_ORDER = [
+    v.value for v in (Variant.PREFIX, Variant.DEBIAN_5_10, Variant.DEBIAN_6_1, Variant.DEBIAN_6_12)
+]
+KERNEL_TITLES = {name: Variant(name).title for name in KERNEL_ORDER}
 SETTING_TITLES = {
     "kube-proxy": "kube-proxy's own",
     "0,0": "0, 0",
