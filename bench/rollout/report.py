@@ -133,13 +133,26 @@ def _spread(values: list[Any], digits: int = 0) -> str:
     return f"{shown} to {high:.{digits}f}" if digits else f"{shown} to {round(high)}"
 
 
+def _setting_text(setting: str, at_end: dict[str, int]) -> str:
+    """The setting the arm started from, and the value the reaper changed, if it did."""
+    # kube-proxy's own settings always have expire_nodest_conn=1, so the reaper changes nothing there.
+    started = 1 if setting == "kube-proxy" else int(setting.split(",")[1])
+    text = (
+        f"{SETTING_TITLES[setting]} ({at_end['conn_reuse_mode']}, 1)" if setting == "kube-proxy" else setting
+    )
+    if at_end["expire_nodest_conn"] != started:
+        text += f", then {at_end['expire_nodest_conn']} (the reaper)"
+    return text
+
+
 def _per_run(runs: list[dict[str, Any]], field: str) -> list[int]:
     return [sum(client[field] for client in summary["clients"].values()) for summary in runs]
 
 
 def details(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]]) -> str:
     lines = [
-        "| kernel | sysctls in force | arm | runs | requests | failed: " + ", ".join(FAILURE_KINDS)
+        "| kernel | sysctls (`conn_reuse_mode`, `expire_nodest_conn`) | arm | runs | requests | failed: "
+        + ", ".join(FAILURE_KINDS)
         + " | connect p50 / p99 / max (s) | failing after the rollout (s) | source ports reused |"
         " weight 0: left at end / longest (s) | deleted by the reaper |",
         "|---" * 11 + "|",
@@ -159,9 +172,8 @@ def details(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]]) -> st
         after = [max((c["failing_after"] or 0.0) for c in s["clients"].values()) for s in runs]
         still = " (still failing at the end)" if any(c["failing_at_end"] for c in clients) else ""
         reused = sum(c["ports_reused"] for c in clients) / max(1, sum(c["ports_seen"] for c in clients))
-        sysctls = runs[0]["sysctls"]
         lines.append(
-            f"| {KERNEL_TITLES[key[0]]} | {sysctls['conn_reuse_mode']}, {sysctls['expire_nodest_conn']}"
+            f"| {KERNEL_TITLES[key[0]]} | {_setting_text(key[1], runs[0]['sysctls'])}"
             f" | {ARM_TITLES[key[2]]} | {len(runs)} | {_spread(_per_run(runs, 'requests'))}"
             f" | {_spread(_per_run(runs, 'failed'))}: {kinds} | {latency} | {_spread(after)}{still}"
             f" | {reused:.0%}"
