@@ -138,7 +138,9 @@ def _setting_text(setting: str, at_end: dict[str, int]) -> str:
     # kube-proxy's own settings always have expire_nodest_conn=1, so the reaper changes nothing there.
     started = 1 if setting == "kube-proxy" else int(setting.split(",")[1])
     text = (
-        f"{SETTING_TITLES[setting]} ({at_end['conn_reuse_mode']}, 1)" if setting == "kube-proxy" else setting
+        f"{SETTING_TITLES[setting]} ({at_end['conn_reuse_mode']}, 1)"
+        if setting == "kube-proxy"
+        else SETTING_TITLES[setting]
     )
     if at_end["expire_nodest_conn"] != started:
         text += f", then {at_end['expire_nodest_conn']} (the reaper)"
