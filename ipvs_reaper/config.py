@@ -91,8 +91,8 @@ class PolicyOverride:
 # - gone: the pod is deleted (since Kubernetes 1.22 a terminating pod's endpoint stays in its slice, marked
 #   terminating, until then), so it has nothing left to drain: reaped at once, whatever ActiveConn says.
 #   ActiveConn is no sign of life there: where reused ports reach the dead pod (the pre-fix IPVS under
-#   kube-proxy's own settings), each reused SYN keeps an entry ESTABLISHED, and the rollout lab
-#   (docs/rollout.md) saw 34 of them hold a gone pod's real server, and its clients failing, until the cap.
+#   kube-proxy's own settings), the rollout lab (docs/rollout.md) saw a gone pod's real server held at
+#   ActiveConn 34 by the reused ports' entries, and its clients failing, until the cap.
 # - terminating (not serving): the pod is shutting down and may be finishing requests: reaped once
 #   ActiveConn is 0, at most 5 minutes after; when the pod is gone, the rule above takes over.
 # - not-ready: the pod is alive and answers existing connections; readiness flaps are common, so wait

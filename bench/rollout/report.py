@@ -209,7 +209,8 @@ def draw(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]], path: Pa
         if not runs:
             continue
         raw = runs[0][1]
-        start = raw["rollout"]["started"]
+        # Each arm's own clock: from the moment its last old pod was gone (arms roll at their own pace).
+        start = raw["rollout"]["ended"]
         bins: dict[int, list[list[Any]]] = defaultdict(list)
         for records in raw["clients"].values():
             for record in records:
@@ -224,13 +225,12 @@ def draw(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]], path: Pa
             )
         dx = sorted(direct)
         latency.plot([x * bin_seconds for x in dx], [max(direct[x]) for x in dx], color=colors[arm])
-        end = raw["rollout"]["ended"] - start
     for axis in (failures, latency):
-        axis.axvspan(0, end, color="0.9")
+        axis.axvspan(axis.get_xlim()[0], 0, color="0.92")
         axis.grid(alpha=0.3)
     failures.set_ylabel(f"failed requests per {bin_seconds:.0f} s")
     latency.set_ylabel("slowest connect per 5 s (s)")
-    latency.set_xlabel("seconds from the start of the rollout (grey: the 3 pods being replaced)")
+    latency.set_xlabel("seconds after the last old pod was gone (grey: load before it, the rollout included)")
     failures.legend()
     kernel, setting = choice
     figure.suptitle(f"{KERNEL_TITLES[kernel]}, {SETTING_TITLES[setting]} sysctls: one rollout per arm")
