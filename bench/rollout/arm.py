@@ -162,7 +162,10 @@ class Rollout:
     async def tick(self) -> None:
         while True:
             await asyncio.sleep(self.programmer.period)
-            await self.programmer.tick()
+            # One at a time with a sync, as in kube-proxy (its graceful list is behind a lock): a delete
+            # between a sync's read and its write would make that write fail.
+            async with self._publishing:
+                await self.programmer.tick()
 
     # --- the rollout ---------------------------------------------------------------------------------------
 
