@@ -35,6 +35,11 @@ def test_failures_are_counted_by_kind_and_timed_from_the_end_of_the_rollout() ->
     assert summary["outcomes"] == {"http-502": 1, "ok": 2, "refused": 1, "timeout": 1}
     assert summary["failing_after"] == 11.0  # the last failure started 11 s after the last old pod went
     assert summary["failing_at_end"] is False  # 29 s before the window closed
+    steady = [record(at, "refused", connect=None) for at in (41.0, 45.0, 50.0, 55.0, 59.0)]
+    assert client_summary(records + steady, rollout_ended=20.0, window_end=60.0)["failing_at_end"] is True
+    assert (
+        client_summary(records + steady[1:], rollout_ended=20.0, window_end=60.0)["failing_at_end"] is False
+    )
     assert client_summary(records[:2], rollout_ended=20.0, window_end=15.0)["failing_after"] == 0.0
 
 

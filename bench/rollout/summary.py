@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 IPVS_TIME_WAIT = 120.0  # seconds an entry outlives its connection, whatever the sysctls
-CONNECT_FAILURES = ("refused", "reset", "timeout", "unreachable")
+STILL_FAILING = 5  # failures in the window's last 20 s
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -48,7 +48,8 @@ def client_summary(records: list[list[Any]], rollout_ended: float, window_end: f
         "seconds_p99": percentile([record[2] for record in records], 0.99),
         # From the end of the rollout (the last old pod gone) to the start of the last failed request.
         "failing_after": None if last_failure is None else round(max(0.0, last_failure - rollout_ended), 1),
-        "failing_at_end": last_failure is not None and window_end - last_failure < 10.0,
+        # Still failing: a steady rate in the window's last 20 s, not one stray failure there.
+        "failing_at_end": sum(window_end - record[0] < 20.0 for record in failed) >= STILL_FAILING,
         "ports_reused": reused,
         "ports_seen": seen,
     }
