@@ -65,11 +65,15 @@ class Node:
         ip("link", "add", "kube-ipvs0", "type", "dummy")
         ip("addr", "add", f"{vip}/32", "dev", "kube-ipvs0")
         # kube-proxy's KUBE-POSTROUTING rule: any NAT rule makes the kernel track connections, as on a node.
-        subprocess.run(
-            ["iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000",
-             "-j", "MASQUERADE"],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        # The nft-based iptables first; Debian 5.10's VM has only the legacy tables' modules it needs.
+        rule = ["-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE"]
+        errors = []
+        for tool in ("iptables", "iptables-legacy"):
+            done = subprocess.run([tool, *rule], capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                return
+            errors.append(f"{tool}: {done.stderr.strip()}")
+        raise RuntimeError("kube-proxy's masquerade rule could not be added: " + "; ".join(errors))
 
     def netns(self, role: str, address: str) -> str:
         """A pod's network namespace, reachable at `address` from the node."""
