@@ -105,18 +105,20 @@ def readme_table(found: dict[Key, list[tuple[dict[str, Any], dict[str, Any]]]]) 
         for kernel in kernels:
             alone = found.get((kernel, setting, "kube-proxy"), [])
             reaped = found.get((kernel, setting, "reaper-default"), [])
-            if not alone or not reaped:
+            if not alone and not reaped:
                 cells.append("")
                 continue
-            before = _spread([_failed(summary) for summary, _ in alone])
-            after = _spread([_failed(summary) for summary, _ in reaped])
-            sysctls = alone[0][0]["sysctls"]
+            # An arm that did not complete is said, not left blank.
+            before = _spread([_failed(summary) for summary, _ in alone]) if alone else "(no run)"
+            after = _spread([_failed(summary) for summary, _ in reaped]) if reaped else "(no run)"
+            sysctls = (alone or reaped)[0][0]["sysctls"]
             own = (
                 f" ({sysctls['conn_reuse_mode']}, {sysctls['expire_nodest_conn']})"
                 if setting == "kube-proxy"
                 else ""
             )
-            cells.append(f"{'**' + before + '**' if before != '0' else before} → {after}{own}")
+            shown = f"**{before}**" if before not in ("0", "(no run)") else before
+            cells.append(f"{shown} → {after}{own}")
         label = f"**{title}**" if setting == "kube-proxy" else title
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
