@@ -4,7 +4,7 @@ on Debian's kernels in the throwaway VM (docs/rollout.md says what it builds and
     .venv/bin/python -m bench.rollout_lab run [--kernels pre-fix 6.1 5.10 6.12] [--repeats 2] [--results DIR]
     .venv/bin/python -m bench.rollout_lab report DIR... [--write-docs]
 
-`run` boots one VM per kernel and runs, for each repeat and each sysctl setting, the four arms side by side
+`run` boots one VM per kernel and runs, for each repeat and each sysctl setting, the five arms side by side
 (each in a node namespace of its own: its own IPVS table and sysctls); raw results land in
 DIR/<kernel>/out/*.json as each arm ends, and `report` runs at the end. `report` prints the table, and with
 --write-docs replaces the generated part of docs/rollout.md and draws docs/rollout.png."""
