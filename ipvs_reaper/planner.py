@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from ipvs_reaper.cluster.model import ClusterState
@@ -70,6 +70,8 @@ class Plan:
     decisions: tuple[Decision, ...]
     # When each weight-0 real server was first seen at weight 0: the clock for grace and caps.
     first_seen: Mapping[RealKey, datetime]
+    # When each weight-0 real server's endpoint was first seen gone (only those gone now): the settle clock.
+    gone_since: Mapping[RealKey, datetime] = field(default_factory=dict)
     # The actor must set expire_nodest_conn=1 before deleting anything.
     needs_expire_nodest_conn: bool = False
     # Why the whole sweep reaps nothing (unusable view, circuit breaker), for logs and metrics.
@@ -101,6 +103,13 @@ class SweepInputs:
     # Deletions earlier reconciles made within the breaker's window: many small reconciles must not add up
     # to what one sweep would be refused.
     recent_deletions: int = 0
+    # A gone endpoint's real server with live connections is deleted only once the endpoint has been seen
+    # gone this long (its own clock, `gone_since`, not the weight-0 one): an endpoint the EndpointSlice
+    # controller moves between slices is missing from the view between its two writes, and the agent,
+    # reconciling on the first write's event, would otherwise cut a serving pod's connections. Zero for a
+    # one-shot read, which no event steers into that moment.
+    gone_settle: timedelta = timedelta(0)
+    gone_since: Mapping[RealKey, datetime] = field(default_factory=dict)
 
 
 _STATE_RULES = {
@@ -182,8 +191,34 @@ def _excluded(config: Config, rs: RealServer) -> IPNetwork | None:
     return next((n for n in config.exclude_networks if n.version == address.version and address in n), None)
 
 
+def _settle(
+    ruling: _Ruling, rs: RealServer, gone_since: datetime, now: datetime, settle: timedelta
+) -> _Ruling:
+    """A reap that would cut live connections of an endpoint seen gone for less than the settle time waits;
+    an idle one goes ahead, re-checked idle right before the delete."""
+    if ruling.action is not Action.REAP or ruling.requires_idle:
+        return ruling
+    settled_at = gone_since + settle
+    if now >= settled_at:
+        return ruling
+    waited, needed = (now - gone_since).total_seconds(), settle.total_seconds()
+    seen = f"gone: seen gone for {waited:.0f}s of the {needed:g}s settle"
+    if rs.active_conns == 0:
+        return _Ruling(Action.REAP, f"{seen}, and idle (ActiveConn 0)", requires_idle=True)
+    return _Ruling(
+        Action.WAIT,
+        f"{seen}: ActiveConn {rs.active_conns} kept until then (a moved endpoint is missing for a moment)",
+        settled_at,
+    )
+
+
 def _decide(
-    inputs: SweepInputs, index: ClusterIndex, rs: RealServer, since: datetime, cache: _AnnotationCache
+    inputs: SweepInputs,
+    index: ClusterIndex,
+    rs: RealServer,
+    since: datetime,
+    gone_since: datetime,
+    cache: _AnnotationCache,
 ) -> Decision:
     if not inputs.cluster.usable:
         # Not even "maps to no Service" or "gone" is known from a view that is incomplete or stale.
@@ -237,6 +272,8 @@ def _decide(
     except ConfigError as error:
         return keep(f"bad annotation on {service}: {error}")
     ruling = _apply_rule(rs, rule, status.state, since, inputs.now)
+    if status.state is EndpointState.GONE:
+        ruling = _settle(ruling, rs, gone_since, inputs.now, inputs.gone_settle)
     return Decision(
         rs,
         service,
@@ -319,18 +356,23 @@ def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list
 def plan_sweep(inputs: SweepInputs) -> Plan:
     index = ClusterIndex(inputs.cluster, inputs.node_name)
     first_seen: dict[RealKey, datetime] = {}
+    gone_since: dict[RealKey, datetime] = {}
     cache: _AnnotationCache = {}
     decisions = []
     for rs in inputs.table.real_servers:
         if rs.weight > 0 and not inputs.describe_weighted:
             continue
-        since = inputs.now
+        since = gone = inputs.now
         if rs.weight == 0:
             # A clock from the future (a corrupt or hand-edited first-seen file) starts now: later reaping,
             # never earlier, and no date arithmetic beyond the calendar.
             since = min(inputs.first_seen.get(rs.key, inputs.now), inputs.now)
             first_seen[rs.key] = since
-        decisions.append(_decide(inputs, index, rs, since, cache))
+            gone = min(inputs.gone_since.get(rs.key, inputs.now), inputs.now)
+        decision = _decide(inputs, index, rs, since, gone, cache)
+        if rs.weight == 0 and decision.endpoint.state is EndpointState.GONE:
+            gone_since[rs.key] = gone
+        decisions.append(decision)
     decisions, needs_sysctl, sysctl_refusal = _gate_on_sysctl(inputs, decisions)
     decisions, refusal = _apply_breaker(inputs, decisions)
     kind = RefusalKind.BREAKER if refusal is not None else None
@@ -342,6 +384,7 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
     return Plan(
         decisions=tuple(decisions),
         first_seen=first_seen,
+        gone_since=gone_since,
         needs_expire_nodest_conn=needs_sysctl and any(d.action is Action.REAP for d in decisions),
         refusal=refusal,
         refusal_kind=kind,

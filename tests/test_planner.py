@@ -35,6 +35,8 @@ def plan(
     policy: PolicyChoice = PolicyChoice.DEFAULT,
     annotations: dict[str, str] | None = None,
     extra_items: list[dict[str, Any]] | None = None,
+    gone_settle: float = 0.0,
+    gone_since: dict[RealKey, datetime] | None = None,
 ) -> Plan:
     items = [
         service("app", "web", ["10.96.0.2"], [port(80, "http")], annotations=annotations),
@@ -52,6 +54,8 @@ def plan(
             now=now,
             first_seen=first_seen or {},
             policy=policy,
+            gone_settle=timedelta(seconds=gone_settle),
+            gone_since=gone_since or {},
         )
     )
 
@@ -71,6 +75,49 @@ def test_gone_is_reaped_at_once_whatever_its_connections() -> None:
         assert only(p) == (Action.REAP, "gone: reap regardless of connections")
         assert not p.reaps[0].requires_idle
         assert p.reaps[0].endpoint.state is EndpointState.GONE
+
+
+def test_a_gone_endpoint_with_connections_waits_for_the_settle_on_its_own_clock() -> None:
+    # Weight 0 for a minute already (terminating, say), gone only now: the weight-0 clock must not count.
+    r = rs("10.1.0.9", active=34)
+    early = {r.key: NOW - timedelta(seconds=60)}
+    first = plan([r], [LIVE], gone_settle=5, first_seen=early)
+    assert only(first) == (
+        Action.WAIT,
+        "gone: seen gone for 0s of the 5s settle: ActiveConn 34 kept until then (a moved endpoint is missing "
+        "for a moment)",
+    )
+    assert first.decisions[0].reap_after == NOW + timedelta(seconds=5)
+    assert first.gone_since == {r.key: NOW}
+    later = NOW + timedelta(seconds=4)
+    still = plan([r], [LIVE], gone_settle=5, first_seen=early, gone_since=first.gone_since, now=later)
+    assert only(still)[0] is Action.WAIT and still.gone_since == {r.key: NOW}
+    settled = plan([r], [LIVE], gone_settle=5, gone_since=first.gone_since, now=NOW + timedelta(seconds=5))
+    assert only(settled) == (Action.REAP, "gone: reap regardless of connections")
+
+
+def test_the_settle_clock_starts_again_when_the_endpoint_comes_back() -> None:
+    r = rs("10.1.0.9", active=3)
+    gone = plan([r], [LIVE], gone_settle=5)
+    back = plan([r], [LIVE, endpoint("10.1.0.9")], gone_settle=5, gone_since=gone.gone_since)
+    assert only(back)[0] is Action.KEEP and back.gone_since == {}
+    # A clock from the future (none is written so, but a restart's wall clock may step back) starts now.
+    future = {r.key: NOW + timedelta(days=1)}
+    assert plan([r], [LIVE], gone_settle=5, gone_since=future).gone_since == {r.key: NOW}
+
+
+def test_an_idle_gone_endpoint_is_not_held_by_the_settle_but_rechecked_idle() -> None:
+    p = plan([rs("10.1.0.9", active=0)], [LIVE], gone_settle=5)
+    assert only(p) == (Action.REAP, "gone: seen gone for 0s of the 5s settle, and idle (ActiveConn 0)")
+    assert p.reaps[0].requires_idle
+
+
+def test_the_settle_holds_the_cap_and_immediate_too() -> None:
+    # It guards against a moment's view, not a policy: `immediate` and a cap reached wait for it as well.
+    r = rs("10.1.0.9", active=3)
+    assert only(plan([r], [LIVE], gone_settle=5, policy=PolicyChoice.IMMEDIATE))[0] is Action.WAIT
+    capped = plan([r], [LIVE], gone_settle=5, config=IDLE_GONE, first_seen={r.key: NOW - timedelta(hours=1)})
+    assert only(capped)[0] is Action.WAIT
 
 
 IDLE_GONE = parse_config({"policy": {"gone": {"reap": "idle"}}, "breaker": {"minDeletions": 100}})

@@ -100,6 +100,7 @@ class Agent:
             recorder=self._record,
             breaker_window=options.sweep_interval,
             monotonic=clocks.monotonic,
+            gone_settle=options.gone_settle,
         )
         self._events = (
             EventReporter(options.node_name, options.event_interval, clocks.monotonic)

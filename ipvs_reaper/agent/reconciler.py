@@ -1,9 +1,9 @@
 """One reconcile: read (the whole table, or the virtual services an event touched), plan, apply.
 
 Synchronous and free of Kubernetes: the agent hands it a cluster view and a config, and runs it in a thread.
-Between reconciles it keeps the grace clocks (first-seen times), the node's real-server count (the breaker's
-share is of the node, also for a reconcile that read a few virtual services), and recent deletions (many
-small reconciles must not add up to what one sweep would be refused).
+Between reconciles it keeps the grace clocks (first-seen times), the settle clocks of gone endpoints, the
+node's real-server count (the breaker's share is of the node, also for a reconcile that read a few virtual
+services), and recent deletions (many small reconciles must not add up to what one sweep would be refused).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ipvs_reaper.actor import ApplyResult, Outcome, Recorder, apply_plan
 from ipvs_reaper.agent.first_seen import FirstSeen
@@ -58,11 +58,15 @@ class Reconciler:
         recorder: Recorder,
         breaker_window: float,
         monotonic: Callable[[], float] = time.monotonic,
+        gone_settle: float = 0.0,
     ) -> None:
         self._node = node_name
         self._backend = backend
         self._sysctls = sysctls
         self._first_seen = first_seen
+        # In memory only: after a restart a gone endpoint settles again, a few seconds' later reaping.
+        self._gone_since = FirstSeen()
+        self._gone_settle = timedelta(seconds=gone_settle)
         self._dry_run = dry_run
         self._clock = clock
         self._recorder = recorder
@@ -85,7 +89,8 @@ class Reconciler:
         """Decide for every weight-0 real server of `table`; `cluster` needs to cover only their virtual
         services (see `weight_zero_services`)."""
         result = self._run(table, cluster, config, node_total=None, describe_weighted=False)
-        self._first_seen.update(None, _clocks_still_running(result))
+        self._first_seen.update(None, _clocks_still_running(result, result.plan.first_seen))
+        self._gone_since.update(None, _clocks_still_running(result, result.plan.gone_since))
         return result
 
     def reconcile(self, keys: Iterable[VirtualKey], cluster: ClusterState, config: Config) -> ReconcileResult:
@@ -101,7 +106,8 @@ class Reconciler:
         table = IpvsTable(tuple(services), tuple(real_servers))
         # Weighted real servers are described too, to find those kube-proxy has yet to set to weight 0.
         result = self._run(table, cluster, config, self.node_real_servers, describe_weighted=True)
-        self._first_seen.update(wanted, _clocks_still_running(result))
+        self._first_seen.update(wanted, _clocks_still_running(result, result.plan.first_seen))
+        self._gone_since.update(wanted, _clocks_still_running(result, result.plan.gone_since))
         return result
 
     def _run(
@@ -129,6 +135,8 @@ class Reconciler:
                 describe_weighted=describe_weighted,
                 node_real_servers=node_total,
                 recent_deletions=self._recent_deletions(),
+                gone_settle=self._gone_settle,
+                gone_since=self._gone_since.all,
             )
         )
         applied = apply_plan(
@@ -161,8 +169,10 @@ class Reconciler:
         return len(self._deletions)
 
 
-def _clocks_still_running(result: ReconcileResult) -> dict[RealKey, datetime]:
-    """The plan's first-seen times less the real servers now gone: a clock kept for a deleted one would be
+def _clocks_still_running(
+    result: ReconcileResult, clocks: Mapping[RealKey, datetime]
+) -> dict[RealKey, datetime]:
+    """A plan's clocks less the real servers now gone: a clock kept for a deleted one would be
     carried, until the next sweep, by an equal real server seen at weight 0 again, and cut its grace short
     (and the clocks of a busy rollout piled up between sweeps)."""
     gone = {
@@ -170,4 +180,4 @@ def _clocks_still_running(result: ReconcileResult) -> dict[RealKey, datetime]:
         for r in result.applied.records
         if r.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE)
     }
-    return {key: when for key, when in result.plan.first_seen.items() if key not in gone}
+    return {key: when for key, when in clocks.items() if key not in gone}
