@@ -1,7 +1,8 @@
 """ipvs-reaper: find and delete the stale weight-0 IPVS real servers kube-proxy leaves behind.
 
 `scan` reports, `reap --once` deletes once, `run` is the node agent (the DaemonSet's process), `doctor` finds
-what else exposes a node (hostPort rules that take Service traffic, the kernel, the sysctls)."""
+what else exposes a node (hostPort rules that take Service traffic, the kernel, the sysctls), `health` asks
+the running agent whether it is ready."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ipvs_reaper.doctor.report import (
     probe_table,
 )
 from ipvs_reaper.errors import InputError, RuntimeFailure
+from ipvs_reaper.health_client import add_health_arguments, health
 from ipvs_reaper.input_text import STDIN, read_input_text, source_name
 from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
 from ipvs_reaper.ipvs.kernel import KernelIpvs
@@ -165,7 +167,7 @@ def _add_doctor_inputs(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipvs-reaper", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{scan,reap,run,doctor}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{scan,reap,run,doctor,health}")
     scan = commands.add_parser(
         "scan",
         help="report which weight-0 real servers are stale, and why",
@@ -199,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_doctor_inputs(doctor)
+    health_parser = commands.add_parser(
+        "health",
+        help="ask the agent running on this node whether it is ready, and why not",
+        description="Print the running agent's /readyz (why it is or is not ready), /healthz or /metrics. "
+        "Exit codes: 0 when it answered 200, 1 otherwise or when nothing answered, 2 bad input.",
+        formatter_class=_HelpFormatter,
+    )
+    add_health_arguments(health_parser)
     return parser
 
 
@@ -492,6 +502,8 @@ def run(args: argparse.Namespace, node_access: NodeAccess) -> int:
 def main(argv: Sequence[str] | None = None, node_access: NodeAccess | None = None) -> int:
     configure_logging("info", "text", plain=True)
     args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return health(args)  # talks HTTP only: no netlink socket, no node access
     kernel = None
     if node_access is None:
         kernel = KernelIpvs()

@@ -54,6 +54,9 @@ class Decision:
     # Waiting only for ActiveConn to reach 0 (its grace is over): worth reading again soon, not only when a
     # cap ends or at the next sweep.
     awaits_idle: bool = False
+    # The policy says reap now, whatever a gate (the breaker, the sysctl, the per-sweep cap) then decided: a
+    # real server that stays reapable sweep after sweep is overdue, which is what an alert should hear of.
+    reapable: bool = False
 
 
 class RefusalKind(enum.StrEnum):
@@ -283,6 +286,7 @@ def _decide(
         ruling.reap_after,
         requires_idle=ruling.requires_idle,
         awaits_idle=ruling.awaits_idle,
+        reapable=ruling.action is Action.REAP,
     )
 
 

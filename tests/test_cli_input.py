@@ -357,7 +357,7 @@ def test_version_and_help_show_defaults(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["--help"])
     top = " ".join(capsys.readouterr().out.split())
-    assert "`run` is the node agent" in top and "{scan,reap,run,doctor}" in top
+    assert "`run` is the node agent" in top and "{scan,reap,run,doctor,health}" in top
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -365,7 +365,7 @@ def test_version_and_help_show_defaults(capsys: pytest.CaptureFixture[str]) -> N
         "(default: 60.0)",
         "(default: 300.0)",
         "0: none (a watch resumes from its last version",
-        "(default: 0.0.0.0:9808)",
+        "(default: 0.0.0.0:10373)",
         "(default: info)",
         "(default: $NODE_NAME, then the hostname)",
     ):

@@ -414,7 +414,7 @@ class Agent:
                 stale = weight_zero_services(table)
                 view = self.cache.view_for(stale)
                 result = await asyncio.to_thread(self.reconciler.sweep_table, table, view, config)
-                self.metrics.swept(result.plan, self._clocks.now(), self._clocks.monotonic() - started)
+                self.metrics.swept(result.plan, table, self._clocks.now(), self._clocks.monotonic() - started)
                 self._would_reaped &= {d.real_server.key for d in result.plan.decisions}
                 self._forget_events(stale)
             else:
@@ -435,6 +435,8 @@ class Agent:
             else:
                 log.debug("%s: reading the IPVS table failed again: %s", "+".join(sorted(triggers)), error)
             self.metrics.errors.labels("ipvs").inc()
+            if wanted is None:
+                self.metrics.table_unreadable()
             return False
         if self._failed_reads:
             log.info("the IPVS table can be read again")

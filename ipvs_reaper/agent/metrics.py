@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from ipvs_reaper.actor import ActionRecord, Outcome
 from ipvs_reaper.agent.schedule import Why
@@ -19,12 +27,32 @@ from ipvs_reaper.kernel.facts import KernelFacts
 from ipvs_reaper.kernel.sysctl import IPVS_SYSCTLS
 from ipvs_reaper.mapping import EndpointState
 from ipvs_reaper.planner import Action, Plan, RefusalKind
-from ipvs_reaper.values import Protocol
+from ipvs_reaper.values import IpvsTable, Protocol, RealKey
 
 REAPED_STATES = (EndpointState.GONE, EndpointState.TERMINATING, EndpointState.NOT_READY)
 PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
-# The failures seen in practice, pre-created; any other errno still gets its own series when it happens.
-FAILURE_REASONS = ("EPERM", "EINVAL", "ENOMEM", "EBUSY", "EIO", "ENOBUFS", "sysctl", "reread", "other")
+# Every reason a failure can be counted under, pre-created at 0: a series that first appears at 1 has no
+# increase() for an alert to see. Any other errno is counted as `other` (the log line names it).
+FAILURE_REASONS = (
+    "EPERM",
+    "EACCES",
+    "EINVAL",
+    "ENOMEM",
+    "EBUSY",
+    "EIO",
+    "ENOBUFS",
+    "EAGAIN",
+    "EINTR",
+    "ECONNRESET",
+    "ETIMEDOUT",
+    "EOPNOTSUPP",
+    "ENOENT",
+    "ESRCH",
+    "sysctl",
+    "reread",
+    "other",
+)
+TABLE_PARTS = ("virtual_services", "real_servers", "weight_zero")
 ERROR_SITES = ("ipvs", "list", "watch", "heartbeat", "event", "addresses", "sysctl", "doctor")
 TRIGGERS = ("sweep", "event", *(why.value for why in Why))
 # A retried delete's outcome; `dropped`: no longer to be deleted (kept, waiting, or gone from the table).
@@ -38,7 +66,12 @@ class AgentMetrics:
         # the library's, for the whole process: the agent is the only user of prometheus_client in it.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = r = CollectorRegistry()
+        # process_* (memory, CPU, open fds, start time) and python_info, as the default registry would have.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.dry_run = dry_run
+        # When each real server the policy says to reap was first seen so, at a sweep (the overdue gauge).
+        self._due_since: dict[RealKey, datetime] = {}
         # Exactly one of the two exists: a dashboard never shows deletions that a dry run did not make.
         reaped_name, reaped_help = (
             ("ipvs_reaper_would_reap", "Real servers a dry run would have deleted, by endpoint state")
@@ -68,6 +101,20 @@ class AgentMetrics:
             "ipvs_reaper_stale_real_servers",
             "Weight-0 real servers at the last sweep, by endpoint state and decision (reap, wait, keep)",
             ["state", "decision"],
+            registry=r,
+        )
+        self.overdue = Gauge(
+            "ipvs_reaper_overdue_seconds",
+            "At the last sweep, how long the longest-due real server has been due for deletion (its policy "
+            "said reap) and is still in the table: held by the breaker, a report-only sysctl, failing "
+            "deletes or the per-sweep cap; 0 when none, and always 0 in a dry run",
+            registry=r,
+        )
+        self.table_size = Gauge(
+            "ipvs_reaper_table_size",
+            "The node's IPVS table at the last sweep: virtual_services, real_servers, weight_zero (-1 before "
+            "the first read, or when it cannot be read)",
+            ["part"],
             registry=r,
         )
         self.stale_oldest_age = Gauge(
@@ -186,6 +233,7 @@ class AgentMetrics:
                 self.reaped.labels(state.value, protocol.value)
         for reason in FAILURE_REASONS:
             self.reap_failures.labels(reason)
+        self.table_unreadable()
         for kind in RefusalKind:
             self.refusals.labels(kind.value)
         self.set_stale(())
@@ -215,7 +263,8 @@ class AgentMetrics:
         if record.outcome in (Outcome.DELETED, Outcome.WOULD_DELETE):
             self.reaped.labels(record.decision.endpoint.state.value, rs.key.virtual.protocol.value).inc()
         elif record.outcome is Outcome.FAILED:
-            self.reap_failures.labels(record.failure_reason or "other").inc()
+            reason = record.failure_reason if record.failure_reason in FAILURE_REASONS else "other"
+            self.reap_failures.labels(reason).inc()
         elif record.outcome is Outcome.REFUSED:
             self.reap_failures.labels("sysctl").inc()
 
@@ -225,15 +274,27 @@ class AgentMetrics:
             self.refusals.labels(kind.value).inc()
         self.breaker_open.set(1 if kind is RefusalKind.BREAKER else 0)
 
-    def swept(self, plan: Plan, now: datetime, seconds: float) -> None:
-        """After each whole-table sweep: the stale real servers it found and what it decided for them."""
+    def swept(self, plan: Plan, table: IpvsTable, now: datetime, seconds: float) -> None:
+        """After each whole-table sweep: the table's size, the stale real servers it found and what it
+        decided for them."""
         stale = [d for d in plan.decisions if d.real_server.weight == 0]
+        self.table_size.labels("virtual_services").set(len(table.services))
+        self.table_size.labels("real_servers").set(len(table.real_servers))
+        self.table_size.labels("weight_zero").set(len(stale))
+        due = {d.real_server.key for d in stale if d.reapable} if not self.dry_run else set()
+        self._due_since = {key: self._due_since.get(key, now) for key in due}
+        since = min(self._due_since.values(), default=now)
+        self.overdue.set(max(0.0, (now - since).total_seconds()))
         self.set_stale((d.endpoint.state, d.action) for d in stale)
         waiting = [plan.first_seen[d.real_server.key] for d in stale if d.action is Action.WAIT]
         oldest = min(waiting, default=now)
         self.stale_oldest_age.set(max(0.0, (now - oldest).total_seconds()))
         self.sweep_duration.observe(seconds)
         self.last_sweep.set(now.timestamp())
+
+    def table_unreadable(self) -> None:
+        for part in TABLE_PARTS:
+            self.table_size.labels(part).set(-1)
 
     def set_stale(self, decided: Iterable[tuple[EndpointState, Action]]) -> None:
         counts = {(state, action): 0 for state in EndpointState for action in Action}

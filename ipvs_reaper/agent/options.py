@@ -11,6 +11,10 @@ from pathlib import Path
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.logs import FORMATS, LEVELS
 
+# On the node's network (hostNetwork): a port no common node agent uses (charts/ipvs-reaper/values.yaml says
+# which were checked). 9808, the earlier default, is the CSI livenessprobe sidecar's.
+DEFAULT_PORT = 10373
+
 
 @dataclass(frozen=True, slots=True)
 class AgentOptions:
@@ -74,7 +78,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="decide, re-check and record; delete nothing")
     parser.add_argument("--kubeconfig", metavar="FILE", help="for development (default: in-cluster)")
     parser.add_argument(
-        "--listen", default="0.0.0.0:9808", metavar="HOST:PORT", help="/healthz, /readyz and /metrics"
+        "--listen",
+        default=f"0.0.0.0:{DEFAULT_PORT}",
+        metavar="HOST:PORT",
+        help="/healthz, /readyz and /metrics",
     )
     parser.add_argument(
         "--doctor-interval",

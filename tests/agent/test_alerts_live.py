@@ -2,8 +2,11 @@
 
 The agent runs against kmock's emulator and the fake table; Prometheus (loopback, 1 s scrape and evaluation,
 its data in a temp dir) loads the rules as the chart renders them, with `for` shortened so the test is
-bounded. Deletions fail in the fake table: IpvsReaperReapFailures fires. The emulator stops: the agent loses
-its view and IpvsReaperNotReady fires. Both are read from Prometheus's own API.
+bounded. Deletions fail in the fake table: IpvsReaperReapFailures fires, and the real server stays overdue:
+IpvsReaperStalePending fires. The fake sysctls say nothing of conn_reuse_mode while the table has a virtual
+service: IpvsReaperExposureUnknown fires. The target exists: IpvsReaperAbsent stays quiet, and so does the
+breaker's alert. The emulator stops: the agent loses its view and IpvsReaperNotReady fires. All read from
+Prometheus's own API, where every rule must evaluate without error.
 """
 
 from __future__ import annotations
@@ -32,12 +35,19 @@ NODE = "node-a"
 
 
 def rules_file(directory: Path) -> Path:
-    """The chart's PrometheusRule rules, `for` shortened for the two alerts under test."""
+    """The chart's PrometheusRule rules, `for` shortened for the alerts under test."""
     quick = {"for": "1s"}
     values = {
         "alerts": {
             "prometheusRule": {"enabled": True},
-            "rules": {"IpvsReaperReapFailures": quick, "IpvsReaperNotReady": quick},
+            "rules": {
+                "IpvsReaperReapFailures": quick,
+                "IpvsReaperNotReady": quick,
+                "IpvsReaperStalePending": quick | {"threshold": 2},
+                "IpvsReaperExposureUnknown": quick,
+                "IpvsReaperAbsent": quick,
+                "IpvsReaperBreakerOpen": quick,
+            },
         }
     }
     (rule,) = objects_of(render(values, MONITORING), "PrometheusRule")
@@ -100,6 +110,16 @@ async def firing(url: str) -> list[dict[str, Any]]:
     return [alert for alert in body["data"]["alerts"] if alert["state"] == "firing"]
 
 
+async def rule_health(url: str) -> dict[str, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/rules") as response:
+        body = await response.json()
+    return {
+        rule["name"]: rule["health"] + (f": {rule['lastError']}" if rule.get("lastError") else "")
+        for group in body["data"]["groups"]
+        for rule in group["rules"]
+    }
+
+
 async def wait_for_alert(url: str, name: str, timeout: float) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -138,6 +158,15 @@ async def test_reap_failures_and_not_ready_fire_in_a_real_prometheus(tmp_path: P
                 assert alert["labels"]["reason"] == "EPERM" and alert["labels"]["node"] == NODE
                 assert NODE in alert["annotations"]["description"]
                 assert fake.deleted == []
+                overdue = await wait_for_alert(prom, "IpvsReaperStalePending", timeout=30)
+                assert "above 2 seconds, for 1s" in overdue["annotations"]["description"]
+                unknown = await wait_for_alert(prom, "IpvsReaperExposureUnknown", timeout=30)
+                assert unknown["labels"]["node"] == NODE
+                names = {a["labels"]["alertname"] for a in await firing(prom)}
+                assert not names & {"IpvsReaperAbsent", "IpvsReaperBreakerOpen", "IpvsReaperDown"}, names
+                health = await rule_health(prom)
+                assert set(health) >= {"IpvsReaperAbsent", "IpvsReaperDaemonSetNotReady"}
+                assert all(state == "ok" for state in health.values()), health
 
                 stopping = asyncio.create_task(server.__aexit__(None, None, None))  # the API goes away
                 alert = await wait_for_alert(prom, "IpvsReaperNotReady", timeout=30)

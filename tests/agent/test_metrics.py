@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from ipvs_reaper.agent.metrics import FAILURE_REASONS
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
 from ipvs_reaper.netfilter.sources import read_rule_files
@@ -27,6 +28,12 @@ CONTRACT = {
     "ipvs_reaper_breaker_open": (),
     "ipvs_reaper_stale_real_servers": ("state", "decision"),
     "ipvs_reaper_stale_oldest_age_seconds": (),
+    "ipvs_reaper_overdue_seconds": (),
+    "ipvs_reaper_table_size": ("part",),
+    "process_resident_memory_bytes": (),
+    "process_cpu_seconds_total": (),
+    "process_open_fds": (),
+    "process_start_time_seconds": (),
     "ipvs_reaper_sweep_duration_seconds_count": (),
     "ipvs_reaper_last_sweep_timestamp_seconds": (),
     "ipvs_reaper_event_to_reap_seconds_count": (),
@@ -79,15 +86,22 @@ async def test_every_contract_series_exists_from_the_first_scrape(api: Any, tmp_
             assert value(samples, "ipvs_reaper_reaped_total", state=state, protocol=protocol) == 0
     for reason in ("breaker", "sysctl", "view"):
         assert value(samples, "ipvs_reaper_refusals_total", reason=reason) == 0
-    assert value(samples, "ipvs_reaper_reap_failures_total", reason="EPERM") == 0
+    for reason in FAILURE_REASONS:
+        assert value(samples, "ipvs_reaper_reap_failures_total", reason=reason) == 0
     assert value(samples, "ipvs_reaper_stale_real_servers", state="gone", decision="reap") == 0
+    # The first sweep has read the table (one virtual service, one weighted real server).
+    assert value(samples, "ipvs_reaper_table_size", part="virtual_services") in (-1, 1)
+    assert value(samples, "ipvs_reaper_overdue_seconds") == 0
+    assert value(samples, "process_open_fds") > 0
 
 
 def test_the_readme_documents_every_contract_metric() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in CONTRACT:
         base = name.removesuffix("_count")
-        assert f"`{base}" in readme, f"{base} is not in README.md"
+        if not base.startswith("process_"):
+            assert f"`{base}" in readme, f"{base} is not in README.md"
+    assert "`process_*`" in readme
     assert "`ipvs_reaper_would_reap_total" in readme
     # A series per conflict found, none while there is none (`> 0` alerts need no zero series).
     assert "`ipvs_reaper_hostport_conflicts" in readme
@@ -188,3 +202,26 @@ async def test_hostport_conflicts_follow_the_doctor_pass(api: Any, tmp_path: Pat
             while await conflicted():
                 assert asyncio.get_running_loop().time() < deadline, "the conflict series stayed"
                 await asyncio.sleep(0.1)
+
+
+async def test_an_errno_outside_the_set_counts_as_other_and_the_table_and_overdue_show(
+    api: Any, tmp_path: Path
+) -> None:
+    failing = real(WEB, "10.1.0.3", 8080)
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), failing))
+    fake.fail_deletes[failing.key] = errno.EXDEV  # no netlink delete answers so; its count must still show
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        async with running(options(tmp_path, str(api.url), sweep_interval=0.3), fake) as agent:
+            await eventually(lambda: agent.metrics.reap_failures.labels("other")._value.get() >= 1)
+            # Due sweep after sweep and never deleted: overdue grows from the first sweep that found it due.
+            await eventually(lambda: agent.metrics.overdue._value.get() > 0.5, what="overdue grows")
+            samples = await scrape(agent)
+    assert not [
+        key
+        for name, key in samples
+        if name == "ipvs_reaper_reap_failures_total" and ("reason", "EXDEV") in key
+    ]
+    assert value(samples, "ipvs_reaper_table_size", part="virtual_services") == 1
+    assert value(samples, "ipvs_reaper_table_size", part="real_servers") == 2
+    assert value(samples, "ipvs_reaper_table_size", part="weight_zero") == 1

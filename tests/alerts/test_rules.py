@@ -3,13 +3,16 @@ values' switches applied), and each documented in docs/alerts.md."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.chart.render import CHART, MONITORING, objects_of, render
+from tests.chart.render import CHART, MONITORING, NAMESPACE, objects_of, render
 from tests.conftest import ROOT
 from tests.tools import debian_binary
 
@@ -73,10 +76,62 @@ def rendered_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
     return alerts(rule["spec"])
 
 
+def the_releases_daemonset(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The file's DaemonSet "ipvs-reaper" as the chart names it for `helm template reaper -n ...`."""
+    text = (
+        json.dumps(rules)
+        .replace('daemonset=\\"reaper-ipvs-reaper\\"', 'daemonset=\\"ipvs-reaper\\"')
+        .replace(f'namespace=\\"{NAMESPACE}\\",', "")
+    )
+    loaded: list[dict[str, Any]] = json.loads(text)
+    return loaded
+
+
 def test_the_chart_embeds_the_file_as_it_is() -> None:
-    assert rendered_rules({}) == shipped()
+    assert the_releases_daemonset(rendered_rules({})) == shipped()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values["alerts"]["rules"]) == {rule["alert"] for rule in shipped()}
+
+
+def test_the_rules_select_the_job_the_monitors_set_whatever_the_name() -> None:
+    for values, job in (({}, "ipvs-reaper"), ({"nameOverride": "reaper"}, "reaper")):
+        documents = render(
+            values
+            | {
+                "alerts": {"prometheusRule": {"enabled": True}},
+                "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": False}},
+            },
+            MONITORING,
+        )
+        (monitor,) = objects_of(documents, "ServiceMonitor")
+        (service,) = objects_of(documents, "Service")
+        # The ServiceMonitor's job is the value of the Service's label that jobLabel names.
+        assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == job
+        (rule,) = objects_of(documents, "PrometheusRule")
+        for alert in alerts(rule["spec"]):
+            selectors = re.findall(r'job="([^"]*)"', alert["expr"])
+            assert selectors == [job] * len(selectors), alert["alert"]
+            assert selectors or alert["alert"] == "IpvsReaperDaemonSetNotReady", alert["alert"]
+        (daemonset,) = objects_of(documents, "DaemonSet")
+        (coverage,) = [a for a in alerts(rule["spec"]) if a["alert"] == "IpvsReaperDaemonSetNotReady"]
+        named = daemonset["metadata"]["name"]
+        assert f'namespace="{NAMESPACE}",daemonset="{named}"' in coverage["expr"]
+
+
+def test_every_description_says_its_for_and_threshold_so_overrides_show() -> None:
+    for rule in shipped():
+        description = rule["annotations"]["description"]
+        assert f"for {rule['for']}" in description, rule["alert"]
+        # A threshold is a `>` or `>=` against a number other than 0; `== 1`, `== -1` and `> 0` test a code
+        # or the presence of anything.
+        threshold = re.search(r"(>=?)\s*([-+0-9.e]+)\s*$", rule["expr"].strip())
+        if threshold and threshold[2] != "0":
+            assert re.search(rf"(above|at least) {re.escape(threshold[2])}\b", description), rule["alert"]
+
+
+def test_a_misspelled_alert_name_is_refused_at_install() -> None:
+    with pytest.raises(AssertionError, match="IpvsReaperStalePendng"):
+        rendered_rules({"alerts": {"rules": {"IpvsReaperStalePendng": {"for": "1h"}}}})
 
 
 def test_values_switch_alerts_and_move_thresholds(tmp_path: Path) -> None:
@@ -94,6 +149,10 @@ def test_values_switch_alerts_and_move_thresholds(tmp_path: Path) -> None:
     assert "IpvsReaperDown" not in rules
     stale = rules["IpvsReaperStalePending"]
     assert stale["expr"].endswith("> 1800") and stale["for"] == "30m"
+    # The description says the values in force, not the file's.
+    assert "above 1800 seconds, for 30m" in stale["annotations"]["description"]
+    assert "600" not in stale["annotations"]["description"]
+    assert "above 20 times" in rules["IpvsReaperReapRateHigh"]["annotations"]["description"]
     assert stale["labels"]["severity"] == "critical"
     assert rules["IpvsReaperReapRateHigh"]["expr"].endswith("> 20")
     assert "> 0.1" in rules["IpvsReaperReapRateHigh"]["expr"]  # only the last comparison moves

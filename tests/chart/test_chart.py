@@ -69,7 +69,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 # checkov's findings we accept, and why. Anything else fails the test.
 CHECKOV_SKIPS = {
     "CKV_K8S_19": "hostNetwork: the IPVS table and sysctls to reap are the node's network namespace's",
-    "CKV_K8S_25": "NET_ADMIN is the one capability added: IPVS netlink needs it",
+    "CKV_K8S_25": "NET_ADMIN for IPVS netlink and the rule reads; NET_RAW only while the doctor's check reads "
+    "legacy iptables (README: The pod)",
     "CKV_K8S_23": "UID 0: without ambient capabilities a non-root process has no effective ones (k8s#56374)",
     "CKV_K8S_40": "UID 0, as above",
     "CKV_K8S_38": "the token is needed: the agent watches Services, EndpointSlices and its Node",
@@ -365,3 +366,37 @@ def test_notes_say_what_was_installed(tmp_path: Path) -> None:
     assert "not mounted writable" in notes  # a dry run writes no sysctl
     notes = rendered_notes(tmp_path / "enforcing", {})
     assert "DRY RUN" not in notes and "sets net.ipv4.vs.expire_nodest_conn=1" in notes
+
+
+def test_the_ports_collide_with_no_common_node_agent_and_not_with_each_other() -> None:
+    # 9808 is the CSI livenessprobe sidecar's default and 9809 node-driver-registrar's, both on the host
+    # network: one of the two pods crash-looped with "address in use".
+    (daemonset,) = objects_of(render({"metrics": {"kubeRbacProxy": {"enabled": True}}}), "DaemonSet")
+    agent, proxy = containers(daemonset)
+    ports = {int(a.rpartition(":")[2]) for a in agent["args"] + proxy["args"] if "listen" in a}
+    assert ports == {10373, 10374}
+    taken = {9808, 9809, 9100, 10248, 10249, 10250, 10255, 10256, 9091, 9099, 9962, 9963, 9964, 9965}
+    assert not ports & taken
+    with pytest.raises(AssertionError, match=r"metrics\.kubeRbacProxy\.port: must differ from metrics\.port"):
+        render({"metrics": {"port": 10400, "kubeRbacProxy": {"enabled": True, "port": 10400}}})
+    render({"metrics": {"port": 10400, "kubeRbacProxy": {"enabled": False, "port": 10400}}})  # unused: fine
+
+
+@pytest.mark.parametrize("address", ["localhost", "node-a", "0.0.0.0:10373", "10.0.0", "::1]"])
+def test_a_listen_address_that_is_not_an_ip_is_refused(address: str) -> None:
+    with pytest.raises(AssertionError, match="listenAddress"):
+        render({"metrics": {"listenAddress": address}})
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "10.1.2.3", "::", "fd00::1"])
+def test_an_ip_listen_address_is_taken(address: str) -> None:
+    render({"metrics": {"listenAddress": address}})
+
+
+def test_the_agents_probes_do_not_go_through_the_proxy() -> None:
+    (daemonset,) = objects_of(render({"metrics": {"kubeRbacProxy": {"enabled": True}}}), "DaemonSet")
+    agent = containers(daemonset)[0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        check = agent[probe]["httpGet"]
+        assert check["host"] == "127.0.0.1" and check["port"] == 10373 and check["scheme"] == "HTTP"
+    assert "--listen=127.0.0.1:10373" in agent["args"]

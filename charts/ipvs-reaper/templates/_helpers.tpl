@@ -94,12 +94,16 @@ helm and the agent accept and reject the same documents.
 {{/*
 rules/ipvs-reaper.rules.yaml, the one source of the alerts (also loadable into Prometheus as it is), with
 values applied: an alert switched off is left out; `for`, `severity` and `threshold` (the number its
-expression ends with) replace the file's; runbook URLs move to alerts.runbookBaseUrl.
+expression ends with) replace the file's, in the description too ("for <duration>", "above|at least
+<number>"); runbook URLs move to alerts.runbookBaseUrl. The file's job="ipvs-reaper" becomes the job the
+monitors set (the chart's name label), and its DaemonSet "ipvs-reaper" this release's, in its namespace.
 */}}
 {{- define "ipvs-reaper.rules" -}}
 {{- $file := .Files.Get "rules/ipvs-reaper.rules.yaml" | fromYaml }}
 {{- $settings := .Values.alerts.rules | default dict }}
 {{- $base := .Values.alerts.runbookBaseUrl }}
+{{- $job := printf "job=%q" (include "ipvs-reaper.name" .) }}
+{{- $daemonset := printf "namespace=%q,daemonset=%q" .Release.Namespace (include "ipvs-reaper.fullname" .) }}
 {{- $groups := list }}
 {{- range $group := $file.groups }}
 {{- $rules := list }}
@@ -107,11 +111,20 @@ expression ends with) replace the file's; runbook URLs move to alerts.runbookBas
 {{- $set := get $settings $rule.alert | default dict }}
 {{- if ne (toString (get $set "enabled")) "false" }}
 {{- $rule = deepCopy $rule }}
-{{- if hasKey $set "for" }}{{ $_ := set $rule "for" (get $set "for") }}{{ end }}
+{{- $expr := $rule.expr | replace "job=\"ipvs-reaper\"" $job | replace "daemonset=\"ipvs-reaper\"" $daemonset }}
+{{- $_ := set $rule "expr" $expr }}
+{{- $description := $rule.annotations.description }}
+{{- if hasKey $set "for" }}
+{{- $description = $description | replace (printf "for %s" $rule.for) (printf "for %s" (get $set "for")) }}
+{{- $_ := set $rule "for" (get $set "for") }}
+{{- end }}
 {{- if hasKey $set "severity" }}{{ $_ := set $rule.labels "severity" (get $set "severity") }}{{ end }}
 {{- if hasKey $set "threshold" }}
+{{- $old := regexFind "[-+0-9.e]+\\s*$" (trimSuffix "\n" $rule.expr) | trim }}
 {{- $_ := set $rule "expr" (regexReplaceAll "([<>=!]=?)\\s*[-+0-9.e]+\\s*$" (trimSuffix "\n" $rule.expr) (printf "${1} %v" (get $set "threshold"))) }}
+{{- $description = regexReplaceAll (printf "(above|at least) %s\\b" (regexQuoteMeta $old)) $description (printf "${1} %v" (get $set "threshold")) }}
 {{- end }}
+{{- $_ := set $rule.annotations "description" $description }}
 {{- $_ := set $rule.annotations "runbook_url" (printf "%s#%s" $base (lower $rule.alert)) }}
 {{- $rules = append $rules $rule }}
 {{- end }}
