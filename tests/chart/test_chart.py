@@ -69,8 +69,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 # checkov's findings we accept, and why. Anything else fails the test.
 CHECKOV_SKIPS = {
     "CKV_K8S_19": "hostNetwork: the IPVS table and sysctls to reap are the node's network namespace's",
-    "CKV_K8S_25": "NET_ADMIN for IPVS netlink and the rule reads; NET_RAW only while the doctor's check reads "
-    "legacy iptables (README: The pod)",
+    "CKV_K8S_25": "NET_ADMIN for IPVS netlink and the rule reads; NET_RAW only while the doctor's check "
+    "reads legacy iptables (README: The pod)",
     "CKV_K8S_23": "UID 0: without ambient capabilities a non-root process has no effective ones (k8s#56374)",
     "CKV_K8S_40": "UID 0, as above",
     "CKV_K8S_38": "the token is needed: the agent watches Services, EndpointSlices and its Node",
