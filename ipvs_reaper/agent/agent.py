@@ -35,7 +35,7 @@ from ipvs_reaper.config_reload import ReloadingConfig
 from ipvs_reaper.doctor.hostports import Names, hijacks
 from ipvs_reaper.doctor.report import metrics_view
 from ipvs_reaper.errors import ApiFailure
-from ipvs_reaper.ipvs.backend import IpvsBackend, IpvsError
+from ipvs_reaper.ipvs.backend import IpvsAbsent, IpvsBackend, IpvsError
 from ipvs_reaper.kernel.addresses import AddressError
 from ipvs_reaper.kernel.exposure import exposure_verdict
 from ipvs_reaper.kernel.facts import KernelFacts
@@ -82,6 +82,7 @@ class Agent:
         self._backend = backend
         self._sysctls = sysctls
         self._sysctl_failure: str | None = None  # said once, until it changes or the write works
+        self._ipvs_absent: bool | None = None  # None until the first read
         # The doctor pass's last conflicts (and whether the rules could be read): logged when they change.
         self._conflicts: frozenset[str] | None = None
         self._rules_unreadable: str | None = None
@@ -165,6 +166,12 @@ class Agent:
         state = self.config.state
         if state.config is None:
             reasons.append(f"no good config yet: {state.error or 'not read yet'}")
+        if self._sysctl_failure is not None:
+            reasons.append(
+                "expireNodestConn is enforce, but net.ipv4.vs.expire_nodest_conn cannot be set to 1, so "
+                f"nothing is deleted: {self._sysctl_failure} (mount it writable, the chart's sysctlMount; or "
+                "set it on the node; or use report-only)"
+            )
         self.metrics.ready.set(0 if reasons else 1)
         self.metrics.view_unusable.set(1 if problems else 0)
         return reasons
@@ -421,6 +428,11 @@ class Agent:
                 view = self.cache.view_for(wanted)
                 result = await asyncio.to_thread(self.reconciler.reconcile, wanted, view, config)
             self.metrics.view_unusable.set(0 if view.usable else 1)
+        except IpvsAbsent as error:
+            # Nothing to reap here, which is no failure: the pod stays ready and the next sweep looks again.
+            self._say_ipvs(str(error))
+            self.metrics.table_unreadable()
+            return True
         except IpvsError as error:
             self._failed_reads += 1
             if self._failed_reads == 1:  # the sweep's and a service's read fail with different words
@@ -438,6 +450,7 @@ class Agent:
             if wanted is None:
                 self.metrics.table_unreadable()
             return False
+        self._say_ipvs(None)
         if self._failed_reads:
             log.info("the IPVS table can be read again")
         self._failed_reads = 0
@@ -446,12 +459,22 @@ class Agent:
         self._after(result, wanted)
         return True
 
+    def _say_ipvs(self, absent: str | None) -> None:
+        """One line when the node turns out to have no IPVS, and one when it has again."""
+        if absent is not None and self._ipvs_absent is not True:
+            log.info("no IPVS on this node (%s): nothing to reap; looked for again at every sweep", absent)
+        elif absent is None and self._ipvs_absent is True:
+            log.info("IPVS is loaded now: reaping")
+        self._ipvs_absent = absent is not None
+        self.metrics.ipvs_loaded.set(0 if absent is not None else 1)
+
     def _keep_expire_nodest_conn(self, config: Config) -> None:
         """With `enforce`, expire_nodest_conn=1 at every sweep, not only before a deletion. On a kernel with
         c95c07836fa4 (5.10.83, 5.15.6, 5.16 and later) it alone sends a reused source port's new connection
         away from a weight-0 real server, so it covers the terminating pod that is still serving and must not
         be deleted yet; the rollout lab (docs/rollout.md) counted the failures without it."""
         if config.expire_nodest_conn is not SysctlMode.ENFORCE or self.options.dry_run:
+            self._sysctl_failure = None  # nothing to write, nothing failing
             return
         try:
             was = self._sysctls.read(EXPIRE_NODEST_CONN)

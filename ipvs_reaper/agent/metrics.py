@@ -110,6 +110,12 @@ class AgentMetrics:
             "deletes or the per-sweep cap; 0 when none, and always 0 in a dry run",
             registry=r,
         )
+        self.ipvs_loaded = Gauge(
+            "ipvs_reaper_ipvs_loaded",
+            "1 while the node has IPVS (ip_vs loaded), 0 while it has none (nothing to reap), -1 before the "
+            "first read",
+            registry=r,
+        )
         self.table_size = Gauge(
             "ipvs_reaper_table_size",
             "The node's IPVS table at the last sweep: virtual_services, real_servers, weight_zero (-1 before "
@@ -234,6 +240,7 @@ class AgentMetrics:
         for reason in FAILURE_REASONS:
             self.reap_failures.labels(reason)
         self.table_unreadable()
+        self.ipvs_loaded.set(-1)
         for kind in RefusalKind:
             self.refusals.labels(kind.value)
         self.set_stale(())

@@ -18,6 +18,10 @@ class IpvsError(Exception):
         self.reason = reason
 
 
+class IpvsAbsent(IpvsError):
+    """No IPVS on this node (ip_vs is not loaded): nothing to reap, which is no failure."""
+
+
 def errno_name(code: int | None) -> str:
     """`EPERM` for 1 (netlink answers carry negative codes); "other" when there is no errno."""
     if code is None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import replace
 
-from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError, errno_name
+from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsAbsent, IpvsError, errno_name
 from ipvs_reaper.values import IpvsTable, RealKey, RealServer, VirtualKey, VirtualService
 
 
@@ -55,6 +55,8 @@ class FakeIpvs:
         self.before_delete: Callable[[RealKey], None] | None = None
         # Deletes that fail, with the errno the kernel would answer (errno.EPERM, ...).
         self.fail_deletes: dict[RealKey, int] = {}
+        # A node without IPVS (ip_vs not loaded): every read says so.
+        self.absent = False
         # Re-entrant: a test's before_delete hook may edit the table.
         self._lock = threading.RLock()
         if table is not None:
@@ -75,11 +77,15 @@ class FakeIpvs:
             self.real_servers[key] = replace(self.real_servers[key], weight=weight)
 
     def read_table(self) -> IpvsTable:
+        if self.absent:
+            raise IpvsAbsent("ip_vs is not loaded (the fake's absent flag)")
         with self._lock:
             real_servers = tuple(rs for group in self.real_servers.of.values() for rs in group.values())
             return IpvsTable(services=tuple(self.services.values()), real_servers=real_servers)
 
     def read_service(self, virtual: VirtualKey) -> tuple[RealServer, ...] | None:
+        if self.absent:
+            raise IpvsAbsent("ip_vs is not loaded (the fake's absent flag)")
         with self._lock:
             if virtual not in self.services:
                 return None

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPVS, IPVSDest, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError, errno_name
+from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsAbsent, IpvsError, errno_name
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.values import (
     IPPROTO_NUMBERS,
@@ -131,6 +131,8 @@ class KernelIpvs:
             except (NetlinkError, OSError) as error:
                 # Kept apart from the operations' errors: ENOENT here means "no IPVS netlink family"
                 # (ip_vs not loaded), not "real server already gone".
+                if not self._proc_path.exists():
+                    raise IpvsAbsent(f"ip_vs is not loaded ({self._proc_path} does not exist)") from None
                 raise IpvsError(f"cannot open the IPVS netlink family (is ip_vs loaded?): {error}") from None
         return self._ipvs
 
@@ -138,7 +140,7 @@ class KernelIpvs:
         try:
             text = self._proc_path.read_text()
         except FileNotFoundError:
-            raise IpvsError(f"{self._proc_path} does not exist: is the ip_vs module loaded?") from None
+            raise IpvsAbsent(f"ip_vs is not loaded ({self._proc_path} does not exist)") from None
         except OSError as error:
             raise IpvsError(f"cannot read {self._proc_path}: {error}") from None
         try:

@@ -231,34 +231,30 @@ def writable_host_mounts(daemonset: dict[str, Any]) -> list[str]:
     )
 
 
-EXPIRE_NODEST_CONN = "/proc/sys/net/ipv4/vs/expire_nodest_conn"
+HOST_IPV4_SYSCTLS = "/proc/sys/net/ipv4"
 
 
-def test_the_sysctls_are_writable_only_when_the_agent_enforces(
+def test_the_sysctls_are_writable_unless_a_dry_run_or_switched_off(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    enforcing = {
-        "defaults",
-        "events",
-        "pod-owners",
-        "monitors-and-rules",
-        "rbac-proxy",
-        "existing-config-map",
-        "policy",
-    }
+    # Whatever the config's expireNodestConn: a live edit of the ConfigMap to `enforce` must find the mount.
     for name, documents in rendered.items():
         (daemonset,) = objects_of(documents, "DaemonSet")
         mounts = writable_host_mounts(daemonset)
-        writable = EXPIRE_NODEST_CONN in mounts
+        writable = HOST_IPV4_SYSCTLS in mounts
         args = containers(daemonset)[0]["args"]
-        assert writable == (name in enforcing), name
-        assert any(arg.startswith("--sysctl-write-dir=") for arg in args) == writable, name
-        # Of the host's /proc, that one file and nothing else.
+        assert writable == (name not in ("dry-run", "everything-off")), name
+        assert ("--sysctl-write-dir=/run/ipvs-reaper/sysctl/vs" in args) == writable, name
+        # Of the host's /proc, that directory and nothing else; a Directory, which every node has (the
+        # ip_vs file exists only while the module is loaded: a File mount stalled nodes without it).
         of_proc = [mount for mount in mounts if mount.startswith("/proc")]
-        assert of_proc == ([EXPIRE_NODEST_CONN] if writable else []), name
+        assert of_proc == ([HOST_IPV4_SYSCTLS] if writable else []), name
+        for volume in daemonset["spec"]["template"]["spec"]["volumes"]:
+            if volume.get("hostPath", {}).get("path", "").startswith("/proc"):
+                assert volume["hostPath"]["type"] == "Directory", name
         for mount in containers(daemonset)[0]["volumeMounts"]:
             assert not mount["mountPath"].startswith("/proc"), name
-    first_seen = writable_host_mounts(objects_of(rendered["report-only"], "DaemonSet")[0])
+    first_seen = writable_host_mounts(objects_of(rendered["dry-run"], "DaemonSet")[0])
     assert first_seen == ["/var/lib/ipvs-reaper"]  # the grace clocks, nothing of the kernel's
 
 
@@ -366,6 +362,8 @@ def test_notes_say_what_was_installed(tmp_path: Path) -> None:
     assert "not mounted writable" in notes  # a dry run writes no sysctl
     notes = rendered_notes(tmp_path / "enforcing", {})
     assert "DRY RUN" not in notes and "sets net.ipv4.vs.expire_nodest_conn=1" in notes
+    notes = rendered_notes(tmp_path / "off", {"sysctlMount": False})
+    assert "not mounted writable" in notes and "/readyz says so" in notes
 
 
 def test_the_ports_collide_with_no_common_node_agent_and_not_with_each_other() -> None:
@@ -400,3 +398,8 @@ def test_the_agents_probes_do_not_go_through_the_proxy() -> None:
         check = agent[probe]["httpGet"]
         assert check["host"] == "127.0.0.1" and check["port"] == 10373 and check["scheme"] == "HTTP"
     assert "--listen=127.0.0.1:10373" in agent["args"]
+
+
+def test_config_keys_beside_an_existing_config_map_are_refused() -> None:
+    with pytest.raises(AssertionError, match=r"config: must be empty with existingConfigMap \(site-policy\)"):
+        render({"existingConfigMap": "site-policy", "config": {"expireNodestConn": "report-only"}})

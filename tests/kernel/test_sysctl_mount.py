@@ -1,11 +1,11 @@
 """The chart's way to set `expire_nodest_conn` without `privileged: true`, on a real kernel.
 
-A container runtime mounts `/proc/sys` read-only; kubelet bind-mounts a hostPath of
-`/proc/sys/net/ipv4/vs/expire_nodest_conn` (taken from the host's writable `/proc`) into a directory outside
-`/proc`, and the agent writes there (`--sysctl-write-dir`) while it reads from the read-only `/proc/sys`.
-This reproduces that in a new mount namespace and runs the real `reap --once` in it: through `/proc/sys` the
-write is refused and nothing is deleted; through the bind mount the host's value changes and the stale real
-server goes, and no other sysctl is writable.
+A container runtime mounts `/proc/sys` read-only; kubelet bind-mounts a hostPath of `/proc/sys/net/ipv4` (taken
+from the host's writable `/proc`; the directory, since `vs/` exists only while ip_vs is loaded) into a directory
+outside `/proc`, and the agent writes in its `vs/` (`--sysctl-write-dir`) while it reads from the read-only
+`/proc/sys`. This reproduces that in a new mount namespace and runs the real `reap --once` in it: through
+`/proc/sys` the write is refused and nothing is deleted; through the bind mount the host's value changes and the
+stale real server goes, and the agent writes no other sysctl.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.kernel.cluster import NODE, write_cluster_state
 from tests.kernel.lab import Lab
 
 REAPER = Path(sys.executable).with_name("ipvs-reaper")
-MOUNTED = "/run/host-ipvs-sysctl"  # the chart's sysctlMountPath (outside /proc: runtimes refuse mounts there)
+MOUNTED = "/run/host-ipv4-sysctl"  # the chart's sysctlMountPath (outside /proc: runtimes refuse mounts there)
 SYSCTLS = "/proc/sys/net/ipv4/vs"
 
 
@@ -28,8 +28,7 @@ def in_container_mounts(command: str) -> subprocess.CompletedProcess[str]:
     script = f"""
 set -eu
 mkdir -p {MOUNTED}
-touch {MOUNTED}/expire_nodest_conn
-mount --bind {SYSCTLS}/expire_nodest_conn {MOUNTED}/expire_nodest_conn
+mount --bind /proc/sys/net/ipv4 {MOUNTED}
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 {command}
@@ -62,9 +61,9 @@ def test_the_write_goes_through_the_bind_mount_and_not_through_a_read_only_proc_
     assert lab.read_sysctl("expire_nodest_conn") == 0
     assert "10.244.7.1:8080" in lab.ipvsadm("-Ln")  # refused: deleting now would drop, not reschedule
 
-    # The mount carries that one sysctl: conn_reuse_mode stays out of reach.
+    # Through /proc/sys nothing is writable still; the agent writes expire_nodest_conn and nothing else.
     mounted = in_container_mounts(
-        f"if echo 1 > {SYSCTLS}/conn_reuse_mode; then exit 9; fi\n{reap} --sysctl-write-dir {MOUNTED}"
+        f"if echo 1 > {SYSCTLS}/conn_reuse_mode; then exit 9; fi\n{reap} --sysctl-write-dir {MOUNTED}/vs"
     )
     assert mounted.returncode == 0, mounted.stdout + mounted.stderr
     assert lab.read_sysctl("expire_nodest_conn") == 1  # the host's own value, seen from outside

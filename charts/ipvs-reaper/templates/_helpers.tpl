@@ -48,16 +48,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-"true" when the host's expire_nodest_conn file is mounted writable: only when the agent may write
-expire_nodest_conn (enforce, its default) and is not in a dry run.
+"true" when the host's IPv4 sysctls are mounted writable (the agent writes expire_nodest_conn among them):
+with `auto`, whenever this is not a dry run, whatever the config's expireNodestConn says, so that a live edit of
+the ConfigMap to `enforce` (or an existingConfigMap that says it) finds the mount there.
 */}}
 {{- define "ipvs-reaper.sysctlWritable" -}}
 {{- $mode := .Values.sysctlMount | toString }}
 {{- if eq $mode "true" }}true
-{{- else if eq $mode "auto" }}
-{{- $config := .Values.config | default dict }}
-{{- $enforce := or .Values.existingConfigMap (eq (get $config "expireNodestConn" | default "enforce") "enforce") }}
-{{- if and $enforce (not .Values.dryRun) }}true{{ end }}
+{{- else if and (eq $mode "auto") (not .Values.dryRun) }}true
 {{- end }}
 {{- end }}
 
