@@ -27,6 +27,10 @@ _NOISY = {
     "urllib3": "ERROR",
     # kopf's client logs every failed request at ERROR; the agent's loops say so once per outage.
     "ipvs_reaper.cluster.requests": "CRITICAL",
+    # kopf's discovery of the API's resources (GET /api, /apis), which it runs whatever it serves and retries
+    # for ever through an outage, two ERROR lines with a long repr per attempt. The agent watches nothing
+    # through kopf, so the discovery serves it nothing; its own loops say the outage once.
+    "kopf._core.reactor.observation": "CRITICAL",
 }
 
 
@@ -70,5 +74,10 @@ def configure_logging(level: str, form: str, *, plain: bool = False) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    quiet_libraries(level)
+
+
+def quiet_libraries(level: str) -> None:
+    """The libraries' loggers at their quiet levels, or all at DEBUG when debugging."""
     for name, quiet in _NOISY.items():
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else quiet)
