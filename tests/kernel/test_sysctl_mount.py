@@ -1,11 +1,11 @@
 """The chart's way to set `expire_nodest_conn` without `privileged: true`, on a real kernel.
 
-A container runtime mounts `/proc/sys` read-only; kubelet bind-mounts a hostPath of `/proc/sys/net/ipv4` (taken
-from the host's writable `/proc`; the directory, since `vs/` exists only while ip_vs is loaded) into a directory
-outside `/proc`, and the agent writes in its `vs/` (`--sysctl-write-dir`) while it reads from the read-only
-`/proc/sys`. This reproduces that in a new mount namespace and runs the real `reap --once` in it: through
-`/proc/sys` the write is refused and nothing is deleted; through the bind mount the host's value changes and the
-stale real server goes, and the agent writes no other sysctl.
+A container runtime mounts `/proc/sys` read-only; kubelet bind-mounts a hostPath of `/proc/sys/net/ipv4`
+(taken from the host's writable `/proc`; the directory, since `vs/` exists only while ip_vs is loaded) into a
+directory outside `/proc`, and the agent writes in its `vs/` (`--sysctl-write-dir`) while it reads from the
+read-only `/proc/sys`. This reproduces that in a new mount namespace and runs the real `reap --once` in it:
+through `/proc/sys` the write is refused and nothing is deleted; through the bind mount the host's value
+changes and the stale real server goes, and the agent writes no other sysctl.
 """
 
 from __future__ import annotations
