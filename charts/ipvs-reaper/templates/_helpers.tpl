@@ -131,3 +131,27 @@ monitors set (the chart's name label), and its DaemonSet "ipvs-reaper" this rele
 {{- end }}
 {{- toYaml (dict "groups" $groups) }}
 {{- end }}
+
+{{/*
+A Prometheus duration the schema allows ("1m30s", "500ms") in seconds: for the checks a schema cannot make.
+*/}}
+{{- define "ipvs-reaper.seconds" -}}
+{{- $total := 0.0 }}
+{{- range $part := regexFindAll "[0-9]+(ms|s|m|h)" . -1 }}
+{{- $n := float64 (regexFind "^[0-9]+" $part) }}
+{{- $unit := regexFind "(ms|s|m|h)$" $part }}
+{{- $scale := get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit }}
+{{- $total = addf $total (mulf $n $scale) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+A monitor whose scrapeTimeout exceeds its interval is refused by Prometheus at load time, silently for helm.
+*/}}
+{{- define "ipvs-reaper.checkScrape" -}}
+{{- $monitor := index .Values.metrics .name }}
+{{- if gt (float64 (include "ipvs-reaper.seconds" $monitor.scrapeTimeout)) (float64 (include "ipvs-reaper.seconds" $monitor.interval)) }}
+{{- fail (printf "metrics.%s.scrapeTimeout: must not exceed its interval (%s > %s)" .name $monitor.scrapeTimeout $monitor.interval) }}
+{{- end }}
+{{- end }}
