@@ -25,13 +25,16 @@ class ConfigState:
     config: Config | None
     # Why the current file is not in use; None when it is.
     error: str | None
+    # The first 12 hex digits of the sha256 of the file in force ("defaults" without a file; None before a
+    # good one): which version of the ConfigMap each node runs, for a metric.
+    checksum: str | None = None
 
 
 class ReloadingConfig:
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._seen: bytes | None = None  # digest of the content last looked at
-        self._state = ConfigState(Config() if path is None else None, None)
+        self._state = ConfigState(Config(), None, "defaults") if path is None else ConfigState(None, None)
 
     @property
     def state(self) -> ConfigState:
@@ -54,7 +57,7 @@ class ReloadingConfig:
         self._seen = digest
         if self._state.config != config or self._state.error is not None:
             log.info("config %s applied", self._path)
-        self._state = ConfigState(config, None)
+        self._state = ConfigState(config, None, digest.hex()[:12])
         return self._state
 
     def _reject(self, error: str, digest: bytes) -> ConfigState:
@@ -64,5 +67,5 @@ class ReloadingConfig:
             )
             log.error("config rejected, %s: %s", kept, error)
         self._seen = digest
-        self._state = ConfigState(self._state.config, error)
+        self._state = ConfigState(self._state.config, error, self._state.checksum)
         return self._state

@@ -80,6 +80,9 @@ class Plan:
     # Why the whole sweep reaps nothing (unusable view, circuit breaker), for logs and metrics.
     refusal: str | None = None
     refusal_kind: RefusalKind | None = None
+    # The share of the node's real servers this plan's deletions (and the window's earlier ones) come to:
+    # what the breaker compares with breaker.maxShare.
+    deletion_share: float = 0.0
 
     @property
     def reaps(self) -> tuple[Decision, ...]:
@@ -326,13 +329,21 @@ def _gate_on_sysctl(
     )
 
 
+def _node_total(inputs: SweepInputs) -> int:
+    if inputs.node_real_servers is not None:
+        return inputs.node_real_servers
+    return len(inputs.table.real_servers)
+
+
+def _deletion_count(inputs: SweepInputs, decisions: list[Decision]) -> int:
+    return sum(d.action is Action.REAP for d in decisions) + inputs.recent_deletions
+
+
 def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list[Decision], str | None]:
     breaker = inputs.config.breaker
     reaps = [d for d in decisions if d.action is Action.REAP]
-    total = (
-        inputs.node_real_servers if inputs.node_real_servers is not None else len(inputs.table.real_servers)
-    )
-    count = len(reaps) + inputs.recent_deletions
+    total = _node_total(inputs)
+    count = _deletion_count(inputs, decisions)
     if reaps and count >= max(breaker.min_deletions, 1) and count > breaker.max_share * total:
         recent = f" ({inputs.recent_deletions} of them just now)" if inputs.recent_deletions else ""
         refusal = (
@@ -378,6 +389,8 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
             gone_since[rs.key] = gone
         decisions.append(decision)
     decisions, needs_sysctl, sysctl_refusal = _gate_on_sysctl(inputs, decisions)
+    total = _node_total(inputs)
+    share = _deletion_count(inputs, decisions) / total if total else 0.0
     decisions, refusal = _apply_breaker(inputs, decisions)
     kind = RefusalKind.BREAKER if refusal is not None else None
     if refusal is None and sysctl_refusal is not None:
@@ -392,4 +405,5 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
         needs_expire_nodest_conn=needs_sysctl and any(d.action is Action.REAP for d in decisions),
         refusal=refusal,
         refusal_kind=kind,
+        deletion_share=share,
     )

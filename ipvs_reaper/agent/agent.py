@@ -173,6 +173,7 @@ class Agent:
                 "set it on the node; or use report-only)"
             )
         self.metrics.ready.set(0 if reasons else 1)
+        self.metrics.view_ages(self.cache.heard_ages())
         self.metrics.view_unusable.set(1 if problems else 0)
         return reasons
 
@@ -383,6 +384,10 @@ class Agent:
         state = self.config.refresh()
         self.metrics.config_error.set(1 if state.error else 0)
         self.metrics.config_missing.set(1 if state.config is None else 0)
+        if state.config is not None:
+            self.metrics.breaker_max_share.set(state.config.breaker.max_share)
+        mode = state.config.expire_nodest_conn.value if state.config is not None else None
+        self.metrics.mode_in_force(mode, state.checksum)
         if state.config is not None and state.config is not before:
             self.metrics.config_reload.set(self._clocks.now().timestamp())
         return state.config

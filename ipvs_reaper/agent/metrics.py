@@ -116,6 +116,30 @@ class AgentMetrics:
             "first read",
             registry=r,
         )
+        self.breaker_share = Gauge(
+            "ipvs_reaper_breaker_share",
+            "At the last sweep, the share of the node's real servers its deletions (with those of the "
+            "breaker's window) came to; the breaker refuses above ipvs_reaper_breaker_max_share",
+            registry=r,
+        )
+        self.breaker_max_share = Gauge(
+            "ipvs_reaper_breaker_max_share", "breaker.maxShare of the config in force", registry=r
+        )
+        self.view_age = Gauge(
+            "ipvs_reaper_view_age_seconds",
+            "Seconds since the API was last heard from about each kind (an event, a bookmark, a listing; for "
+            "Node also the heartbeat); -1 before the first time",
+            ["kind"],
+            registry=r,
+        )
+        self.mode = Gauge(
+            "ipvs_reaper_mode_info",
+            "Always 1: the mode in force: dry_run (true, false), expire_nodest_conn (enforce, report-only, "
+            "ignore; none before a good config) and config_checksum (the first 12 hex digits of the config "
+            "file's sha256, defaults without a file)",
+            ["dry_run", "expire_nodest_conn", "config_checksum"],
+            registry=r,
+        )
         self.table_size = Gauge(
             "ipvs_reaper_table_size",
             "The node's IPVS table at the last sweep: virtual_services, real_servers, weight_zero (-1 before "
@@ -241,6 +265,7 @@ class AgentMetrics:
             self.reap_failures.labels(reason)
         self.table_unreadable()
         self.ipvs_loaded.set(-1)
+        self.mode_in_force(None, None)
         for kind in RefusalKind:
             self.refusals.labels(kind.value)
         self.set_stale(())
@@ -288,6 +313,7 @@ class AgentMetrics:
         self.table_size.labels("virtual_services").set(len(table.services))
         self.table_size.labels("real_servers").set(len(table.real_servers))
         self.table_size.labels("weight_zero").set(len(stale))
+        self.breaker_share.set(plan.deletion_share)
         due = {d.real_server.key for d in stale if d.reapable} if not self.dry_run else set()
         self._due_since = {key: self._due_since.get(key, now) for key in due}
         since = min(self._due_since.values(), default=now)
@@ -298,6 +324,16 @@ class AgentMetrics:
         self.stale_oldest_age.set(max(0.0, (now - oldest).total_seconds()))
         self.sweep_duration.observe(seconds)
         self.last_sweep.set(now.timestamp())
+
+    def mode_in_force(self, expire_nodest_conn: str | None, checksum: str | None) -> None:
+        """One series, for the mode now in force (the last one's is removed)."""
+        self.mode.clear()
+        dry_run = "true" if self.dry_run else "false"
+        self.mode.labels(dry_run, expire_nodest_conn or "none", checksum or "none").set(1)
+
+    def view_ages(self, ages: Mapping[str, float]) -> None:
+        for kind, age in ages.items():
+            self.view_age.labels(kind).set(age)
 
     def table_unreadable(self) -> None:
         for part in TABLE_PARTS:

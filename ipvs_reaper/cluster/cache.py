@@ -264,6 +264,12 @@ class ClusterCache:
     def ready(self) -> bool:
         return all(kind in self._listed for kind in KINDS)
 
+    def heard_ages(self) -> dict[str, float]:
+        """Seconds since each kind was last heard from (an event, a bookmark, a listing, a heartbeat for the
+        Node); -1 for a kind never heard from."""
+        now = self._clock()
+        return {kind: now - self._heard[kind] if kind in self._heard else -1.0 for kind in KINDS}
+
     def silent_kinds(self, longer_than: float | None = None) -> tuple[str, ...]:
         """The kinds not heard from for over `longer_than` seconds (the maximum silence by default)."""
         limit = self._max_silence if longer_than is None else longer_than

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ CONTRACT = {
     "ipvs_reaper_stale_oldest_age_seconds": (),
     "ipvs_reaper_overdue_seconds": (),
     "ipvs_reaper_table_size": ("part",),
+    "ipvs_reaper_ipvs_loaded": (),
+    "ipvs_reaper_breaker_share": (),
+    "ipvs_reaper_breaker_max_share": (),
+    "ipvs_reaper_view_age_seconds": ("kind",),
+    "ipvs_reaper_mode_info": ("dry_run", "expire_nodest_conn", "config_checksum"),
     "process_resident_memory_bytes": (),
     "process_cpu_seconds_total": (),
     "process_open_fds": (),
@@ -225,3 +231,30 @@ async def test_an_errno_outside_the_set_counts_as_other_and_the_table_and_overdu
     assert value(samples, "ipvs_reaper_table_size", part="virtual_services") == 1
     assert value(samples, "ipvs_reaper_table_size", part="real_servers") == 2
     assert value(samples, "ipvs_reaper_table_size", part="weight_zero") == 1
+
+
+async def test_the_mode_the_view_age_and_the_breakers_margin_show(api: Any, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("breaker: {maxShare: 0.75, minDeletions: 1}\n")
+    gone = real(WEB, "10.1.0.2", 8080)
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), gone))
+    async with Cluster(str(api.url)) as cluster:
+        await seed(cluster, web_slice(endpoint("10.1.0.1")))
+        agent_options = options(tmp_path, str(api.url), config_path=config, dry_run=True)
+        async with running(agent_options, fake) as agent:
+            await eventually(lambda: agent.metrics.reconciles.labels("sweep")._value.get() >= 1, what="swept")
+            samples = await scrape(agent)
+            config.write_text("breaker: {maxShare: 0.5, minDeletions: 1}\n")
+            await eventually(lambda: agent.metrics.breaker_max_share._value.get() == 0.5, what="re-read")
+            after = await scrape(agent)
+    first = hashlib.sha256(b"breaker: {maxShare: 0.75, minDeletions: 1}\n").hexdigest()[:12]
+    mode = [dict(key) for name, key in samples if name == "ipvs_reaper_mode_info"]
+    assert mode == [{"dry_run": "true", "expire_nodest_conn": "enforce", "config_checksum": first}]
+    # One series only, for the config now in force.
+    assert len([key for name, key in after if name == "ipvs_reaper_mode_info"]) == 1
+    assert value(samples, "ipvs_reaper_breaker_max_share") == 0.75
+    # One of the node's two real servers would go: half, under the limit of 0.75.
+    assert value(samples, "ipvs_reaper_breaker_share") == 0.5
+    for kind in ("Service", "EndpointSlice", "Node"):
+        assert 0 <= value(samples, "ipvs_reaper_view_age_seconds", kind=kind) < 30
+    assert value(samples, "ipvs_reaper_ipvs_loaded") == 1
