@@ -8,6 +8,16 @@
 # one step and never stored in a layer:
 #
 #   podman build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t ipvs-reaper .
+#
+# The Python dependencies come from requirements.lock: every package pinned, with its hashes (pip
+# --require-hashes refuses anything else), the build backend included. Regenerate it with the command in its
+# header after changing pyproject.toml; tests/test_requirements_lock.py fails while it is not current.
+#
+# The base: pin it by digest for a reproducible build, and update the digest when Debian publishes a point
+# release or a security update (for instance monthly):
+#   skopeo inspect --format '{{.Digest}}' docker://docker.io/library/debian:bookworm-slim
+#   podman build --build-arg BASE=docker.io/library/debian:bookworm-slim@sha256:<digest> ...
+# The default is the tag alone until a digest read from the registry is committed here.
 
 ARG BASE=debian:bookworm-slim
 
@@ -17,7 +27,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/ipvs-reaper
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY ipvs_reaper ./ipvs_reaper
 # pip and setuptools leave with the build. Of the kubernetes package: its asyncio copy of the generated client
 # (kubernetes/aio) goes, since nothing here imports it (the agent uses the synchronous client, kopf its own
@@ -27,7 +37,8 @@ COPY ipvs_reaper ./ipvs_reaper
 # compiled here once as well, since the root filesystem is read-only at run time.
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
-    && /opt/ipvs-reaper/bin/pip install --no-cache-dir --no-compile . \
+    && /opt/ipvs-reaper/bin/pip install --no-cache-dir --no-compile --require-hashes -r requirements.lock \
+    && /opt/ipvs-reaper/bin/pip install --no-cache-dir --no-compile --no-deps --no-build-isolation . \
     && /opt/ipvs-reaper/bin/pip uninstall -q -y pip setuptools \
     && k8s=/opt/ipvs-reaper/lib/python3.11/site-packages/kubernetes \
     && rm -rf "$k8s/aio" \
