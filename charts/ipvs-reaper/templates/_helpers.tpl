@@ -155,3 +155,11 @@ A monitor whose scrapeTimeout exceeds its interval is refused by Prometheus at l
 {{- fail (printf "metrics.%s.scrapeTimeout: must not exceed its interval (%s > %s)" .name $monitor.scrapeTimeout $monitor.interval) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The name kube-rbac-proxy's certificate is for, and the ServiceMonitor verifies (the metrics Service's DNS name;
+scrapes go to each pod's address, so the name is checked, not the address).
+*/}}
+{{- define "ipvs-reaper.metricsServerName" -}}
+{{- printf "%s-metrics.%s.svc" (include "ipvs-reaper.fullname" .) .Release.Namespace }}
+{{- end }}
