@@ -57,15 +57,20 @@ def rules_file(directory: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def prometheus(directory: Path, target_port: int) -> AsyncIterator[str]:
+async def prometheus(
+    directory: Path, target_port: int, more: tuple[tuple[int, str], ...] = ()
+) -> AsyncIterator[str]:
+    """`more`: other agents to scrape, (port, node) each."""
     port = free_port()
+    targets = [{"targets": [f"127.0.0.1:{target_port}"], "labels": {"node": NODE}}]
+    targets += [{"targets": [f"127.0.0.1:{p}"], "labels": {"node": node}} for p, node in more]
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
         "rule_files": [str(rules_file(directory))],
         "scrape_configs": [
             {
                 "job_name": "ipvs-reaper",
-                "static_configs": [{"targets": [f"127.0.0.1:{target_port}"], "labels": {"node": NODE}}],
+                "static_configs": targets,
             }
         ],
     }
