@@ -6,16 +6,18 @@ bounded. Deletions fail in the fake table: IpvsReaperReapFailures fires, and the
 IpvsReaperStalePending fires. The fake sysctls say nothing of conn_reuse_mode while the table has a virtual
 service: IpvsReaperExposureUnknown fires. The target exists: IpvsReaperAbsent stays quiet, and so does the
 breaker's alert. The emulator stops: the agent loses its view and IpvsReaperNotReady fires. All read from
-Prometheus's own API, where every rule must evaluate without error.
-"""
+Prometheus's own API, where every rule must evaluate without error. A second scene makes the breaker's, the
+DaemonSet coverage's (a kube-state-metrics stand-in) and the absence alert fire."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
+import http.server
 import json
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from ipvs_reaper.ipvs.fake import FakeIpvs
 from tests.agent.harness import SLICES, Cluster, eventually, free_port, options, real, running, table
 from tests.agent.test_agent import WEB, seed, web_slice
 from tests.builders import endpoint
-from tests.chart.render import MONITORING, objects_of, render
+from tests.chart.render import MONITORING, NAMESPACE, objects_of, render
 from tests.tools import debian_binary
 
 NODE = "node-a"
@@ -47,6 +49,7 @@ def rules_file(directory: Path) -> Path:
                 "IpvsReaperExposureUnknown": quick,
                 "IpvsReaperAbsent": quick,
                 "IpvsReaperBreakerOpen": quick,
+                "IpvsReaperDaemonSetNotReady": quick,
             },
         }
     }
@@ -58,11 +61,11 @@ def rules_file(directory: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def prometheus(
-    directory: Path, target_port: int, more: tuple[tuple[int, str], ...] = ()
+    directory: Path, target_port: int | None, more: tuple[tuple[int, str], ...] = ()
 ) -> AsyncIterator[str]:
-    """`more`: other agents to scrape, (port, node) each."""
+    """`more`: other targets to scrape, (port, node) each; with no target at all, the job has none."""
     port = free_port()
-    targets = [{"targets": [f"127.0.0.1:{target_port}"], "labels": {"node": NODE}}]
+    targets = [{"targets": [f"127.0.0.1:{target_port}"], "labels": {"node": NODE}}] if target_port else []
     targets += [{"targets": [f"127.0.0.1:{p}"], "labels": {"node": node}} for p, node in more]
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
@@ -178,3 +181,63 @@ async def test_reap_failures_and_not_ready_fire_in_a_real_prometheus(tmp_path: P
                 assert alert["labels"]["node"] == NODE
         finally:
             await asyncio.wait_for(stopping or server.__aexit__(None, None, None), timeout=90)
+
+
+def kube_state_metrics(port: int) -> http.server.HTTPServer:
+    """kube-state-metrics' two DaemonSet series, as it serves them, for the chart's DaemonSet: one node of
+    three has no ready pod."""
+    labels = f'namespace="{NAMESPACE}",daemonset="reaper-ipvs-reaper"'
+    text = (
+        f"kube_daemonset_status_desired_number_scheduled{{{labels}}} 3\n"
+        f"kube_daemonset_status_number_ready{{{labels}}} 2\n"
+    ).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+async def test_the_breaker_and_a_node_without_an_agent_fire_and_no_target_at_all_is_absent(
+    api: Any, tmp_path: Path
+) -> None:
+    """The rules the first test cannot make fire: the breaker's (an agent whose every reconcile it refuses),
+    the DaemonSet's coverage (kube-state-metrics says a node has no ready pod), and, in a Prometheus with no
+    target of the job at all, the absence alert."""
+    config = tmp_path / "config.yaml"
+    config.write_text("breaker: {maxShare: 0.1, minDeletions: 1}\n")
+    fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, "10.1.0.2", 8080)))
+    ksm = kube_state_metrics(free_port())
+    try:
+        async with Cluster(str(api.url)) as cluster:
+            await seed(cluster, web_slice(endpoint("10.1.0.1")))
+            agent_options = options(tmp_path, str(api.url), config_path=config, sweep_interval=0.5)
+            async with (
+                running(agent_options, fake),
+                prometheus(
+                    tmp_path, agent_options.listen_port, more=((ksm.server_address[1], "ksm"),)
+                ) as prom,
+            ):
+                breaker = await wait_for_alert(prom, "IpvsReaperBreakerOpen", timeout=30)
+                assert breaker["labels"]["node"] == NODE and fake.deleted == []
+                coverage = await wait_for_alert(prom, "IpvsReaperDaemonSetNotReady", timeout=30)
+                assert coverage["labels"]["daemonset"] == "reaper-ipvs-reaper"
+                assert coverage["annotations"]["description"].startswith("1 of the nodes")
+                assert "IpvsReaperAbsent" not in {a["labels"]["alertname"] for a in await firing(prom)}
+    finally:
+        ksm.shutdown()
+        ksm.server_close()
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    async with prometheus(nothing, None) as prom:
+        absent = await wait_for_alert(prom, "IpvsReaperAbsent", timeout=30)
+        assert absent["labels"]["job"] == "ipvs-reaper"
