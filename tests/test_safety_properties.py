@@ -24,6 +24,7 @@ from ipvs_reaper.config import Breaker, Config, ReapMode, Rule, StatePolicy, Sys
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.ipvs.fake import FakeIpvs
 from ipvs_reaper.kernel.sysctl import FakeSysctls
+from ipvs_reaper.mapping import EndpointState
 from ipvs_reaper.planner import Action, Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
 from tests import kube_proxy_oracle as oracle
@@ -256,6 +257,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         for rs in table.real_servers
         if draw(st.booleans())
     }
+    gone_since = {
+        rs.key: NOW - timedelta(seconds=draw(st.sampled_from([-60, 0, 1, 4, 5, 6, 300])))
+        for rs in table.real_servers
+        if draw(st.booleans())
+    }
     inputs = SweepInputs(
         table=table,
         cluster=cluster_state_from_items(items).with_node_port_addresses(
@@ -268,6 +274,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         first_seen=first_seen,
         policy=draw(st.sampled_from(list(PolicyChoice))),
         describe_weighted=draw(st.booleans()),
+        gone_settle=timedelta(seconds=draw(st.sampled_from([0, 5]))),
+        gone_since=gone_since,
     )
     return Scenario(items, inputs, local, networks)
 
@@ -303,6 +311,12 @@ def check_plan_invariants(scenario: Scenario, plan: Plan) -> None:
         )
         assert decision.real_server.weight == 0
         assert decision.service is not None
+        # A gone endpoint's live connections are cut only once it has been seen gone for the settle time,
+        # whatever the policy (immediate, a cap reached); within it only an idle one goes, re-checked idle.
+        if decision.endpoint.state is EndpointState.GONE:
+            seen = min(inputs.gone_since.get(decision.real_server.key, inputs.now), inputs.now)
+            if inputs.now < seen + inputs.gone_settle:
+                assert decision.real_server.active_conns == 0 and decision.requires_idle, decision
     if not inputs.cluster.usable:
         assert reaps == ()
     breaker = inputs.config.breaker
