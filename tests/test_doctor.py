@@ -123,6 +123,8 @@ def test_nft_listing_of_iptables_nft_tables_gives_way_to_the_save_dump() -> None
     alone = doctor(rules_from("iptables-nft.nft-ruleset.json"))
     assert set(hijacked(alone)) == set(OWNERS)
     assert {f.severity for f in alone.findings if f.kind is Kind.HIJACK} == {Severity.WARNING}  # xt: opaque
+    # The metric keeps them apart: the critical alert reads `certain` only.
+    assert {key[3] for key in metrics_view(alone.findings)} == {"possible"}
     both = doctor(rules_from("portmap.iptables-nft-save", "iptables-nft.nft-ruleset.json"))
     assert [t.source for t in both.tables] == [str(DUMPS / "portmap.iptables-nft-save")]
     assert hijacked(both) == OWNERS
@@ -151,10 +153,10 @@ def test_owners_unavailable_without_pods_and_well_known_ports() -> None:
 def test_metrics_view_counts_hijacks_by_protocol_port_and_service() -> None:
     report = doctor(rules_from("portmap.iptables-legacy-save"))
     assert metrics_view(report.findings) == {
-        ("TCP", 3306, "db/mysql-b"): 1,
-        ("TCP", 80, "web/frontend"): 1,
-        ("UDP", 53, "kube-system/kube-dns"): 1,
-        ("TCP", 8080, "web/web"): 1,
+        ("TCP", 3306, "db/mysql-b", "certain"): 1,
+        ("TCP", 80, "web/frontend", "certain"): 1,
+        ("UDP", 53, "kube-system/kube-dns", "certain"): 1,
+        ("TCP", 8080, "web/web", "certain"): 1,
     }
 
 

@@ -333,6 +333,10 @@ class Agent:
         """The doctor's hostPort check, at start and then every --doctor-interval: reads only, never acts."""
         if self.options.doctor_interval <= 0:
             return
+        # Not before the first complete listing: without it no virtual service can be named or told to be
+        # kube-proxy's, and a pass would report (and alert on) what the view does not know yet.
+        while not self.cache.ready:
+            await asyncio.sleep(_CONFIG_POLL)
         while True:
             await self._doctor_pass()
             await asyncio.sleep(self.options.doctor_interval)

@@ -202,8 +202,9 @@ class AgentMetrics:
         self.hostport_conflicts = Gauge(
             "ipvs_reaper_hostport_conflicts",
             "Port-forwarding (hostPort) rules that take a virtual service's traffic before IPVS sees it, by "
-            "the virtual service's protocol and port and its Service (empty when not named); doctor pass",
-            ["protocol", "port", "service"],
+            "the virtual service's protocol and port, its Service (empty when not named) and certainty "
+            "(certain: whatever the packet; possible: under a condition the rules cannot judge); doctor pass",
+            ["protocol", "port", "service", "certainty"],
             registry=r,
         )
         self.sysctl = Gauge(
@@ -346,11 +347,11 @@ class AgentMetrics:
         for (state, action), count in counts.items():
             self.stale.labels(state.value, action.value).set(count)
 
-    def conflicts(self, counts: Mapping[tuple[str, int, str], int]) -> None:
+    def conflicts(self, counts: Mapping[tuple[str, int, str, str], int]) -> None:
         """Replaces the series: a conflict that went away leaves no stale series behind."""
         self.hostport_conflicts.clear()
-        for (protocol, port, service), count in counts.items():
-            self.hostport_conflicts.labels(protocol, str(port), service).set(count)
+        for (protocol, port, service, certainty), count in counts.items():
+            self.hostport_conflicts.labels(protocol, str(port), service, certainty).set(count)
 
     def kernel(self, facts: KernelFacts, exposure: Exposure) -> None:
         for name in IPVS_SYSCTLS:

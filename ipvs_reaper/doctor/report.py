@@ -151,10 +151,13 @@ def probe_table(rows: Sequence[ProbeRow], facts: KernelFacts, exposed: bool | No
     return "\n".join(lines)
 
 
-def metrics_view(findings: Sequence[Finding]) -> dict[tuple[str, int, str], int]:
-    """Hijacks counted by (protocol, port, service): what `ipvs_reaper_hostport_conflicts` exports."""
-    counts: Counter[tuple[str, int, str]] = Counter()
+def metrics_view(findings: Sequence[Finding]) -> dict[tuple[str, int, str, str], int]:
+    """Hijacks counted by (protocol, port, service, certainty): what `ipvs_reaper_hostport_conflicts`
+    exports. `certain`: a rule takes the traffic whatever the packet; `possible`: it may, under a condition the
+    rules alone cannot judge (a critical alert must hear only of the first)."""
+    counts: Counter[tuple[str, int, str, str]] = Counter()
     for finding in findings:
         if finding.kind.value == "hijack" and finding.protocol and finding.port is not None:
-            counts[(finding.protocol, finding.port, finding.service or "")] += 1
+            certainty = "certain" if finding.severity is Severity.CRITICAL else "possible"
+            counts[(finding.protocol, finding.port, finding.service or "", certainty)] += 1
     return dict(counts)

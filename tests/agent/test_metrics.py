@@ -186,7 +186,7 @@ async def test_hostport_conflicts_follow_the_doctor_pass(api: Any, tmp_path: Pat
     hijacking = read_rule_files([str(dump)], [])
     current = [hijacking]
     fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1)))
-    conflict = {"protocol": "TCP", "port": "80", "service": "a/web"}
+    conflict = {"protocol": "TCP", "port": "80", "service": "a/web", "certainty": "certain"}
     async with Cluster(str(api.url)) as cluster:
         await seed(cluster, web_slice(endpoint("10.1.0.1")))
         agent_options = options(tmp_path, str(api.url), doctor_interval=0.2)
