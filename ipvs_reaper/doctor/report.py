@@ -153,8 +153,8 @@ def probe_table(rows: Sequence[ProbeRow], facts: KernelFacts, exposed: bool | No
 
 def metrics_view(findings: Sequence[Finding]) -> dict[tuple[str, int, str, str], int]:
     """Hijacks counted by (protocol, port, service, certainty): what `ipvs_reaper_hostport_conflicts`
-    exports. `certain`: a rule takes the traffic whatever the packet; `possible`: it may, under a condition the
-    rules alone cannot judge (a critical alert must hear only of the first)."""
+    exports. `certain`: a rule takes the traffic whatever the packet; `possible`: it may, under a condition
+    the rules alone cannot judge (a critical alert must hear only of the first)."""
     counts: Counter[tuple[str, int, str, str]] = Counter()
     for finding in findings:
         if finding.kind.value == "hijack" and finding.protocol and finding.port is not None:
