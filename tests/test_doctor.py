@@ -369,3 +369,24 @@ def test_a_jump_that_may_not_happen_does_not_hide_what_follows() -> None:
     assert mysql.evidence[0].conditions == ("-i eth1",)
     assert mysql.evidence[1].conditions == ("unless -i eth1 (dnat first)",)
     assert mysql.severity is Severity.CRITICAL  # one of the two applies, whichever it is
+
+
+def test_each_block_of_a_save_file_has_the_family_of_the_tool_that_printed_it() -> None:
+    """`iptables-save; ip6tables-save > rules` gives one file with a header per block. Read with the first
+    header's family for both, the IPv6 portmap rules "hijacked" IPv4 ClusterIPs and the IPv6 hijack was
+    lost."""
+    text = (DUMPS / "portmap.iptables-legacy-save").read_text() + (
+        DUMPS / "portmap6.ip6tables-legacy-save"
+    ).read_text()
+    tables = parse_iptables_save(text, "both")
+    assert [(t.backend, t.family) for t in tables] == [("iptables-legacy", "ip"), ("iptables-legacy", "ip6")]
+    mysql6 = VirtualKey.inet(Protocol.TCP, ipaddress.ip_address("fd00:96::20"), 3306)
+    scene = table()
+    both = IpvsTable((*scene.services, VirtualService(mysql6, "rr")), scene.real_servers)
+    view = NodeView(NODE, both, SAFE_FACTS, RuleSources(tuple(tables), (), True), (), Config())
+    found = [f for f in diagnose(view, None, "offline").findings if f.kind is Kind.HIJACK]
+    alone = doctor(rules_from("portmap.iptables-legacy-save"))
+    v4 = {(f.address, f.destination) for f in alone.findings if f.kind is Kind.HIJACK}
+    assert {(f.address, f.destination) for f in found} == v4 | {
+        ("[fd00:96::20]:3306", "[fd00:10:244:1::5]:3306")
+    }
