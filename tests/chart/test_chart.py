@@ -314,6 +314,7 @@ WHOLE_VALUES = (
     "nodeSelector",
     "updateStrategy",
     "metrics.kubeRbacProxy.resources",
+    "dashboards.labels",
     "livenessProbe",
     "readinessProbe",
 )
