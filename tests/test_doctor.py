@@ -390,3 +390,27 @@ def test_each_block_of_a_save_file_has_the_family_of_the_tool_that_printed_it() 
     assert {(f.address, f.destination) for f in found} == v4 | {
         ("[fd00:96::20]:3306", "[fd00:10:244:1::5]:3306")
     }
+
+
+def test_a_dnat_of_the_port_alone_is_read_and_judged_and_the_rest_of_the_file_too() -> None:
+    """`--to-destination :6380` (valid, and printed so by both iptables backends) keeps the packet's address
+    and changes its port: the redis Service's traffic goes to another port. Before, the reader refused the
+    whole file, and with it every other hijack on the node. A DNAT of the port alone to the same port changes
+    nothing."""
+    text = (
+        (DUMPS / "portmap.iptables-legacy-save")
+        .read_text()
+        .replace(
+            "COMMIT",
+            "-A PREROUTING -d 10.96.0.70/32 -p tcp --dport 6379 -j DNAT --to-destination :6380\n"
+            "-A PREROUTING -d 10.96.0.40/32 -p tcp --dport 5432 -j DNAT --to-destination :5432\n"
+            "COMMIT",
+            1,
+        )
+    )
+    (nat,) = parse_iptables_save(text, "edited")
+    report = doctor(RuleSources((nat,), (), True))
+    found = {f.service: f for f in report.findings if f.kind is Kind.HIJACK}
+    assert set(found) == set(OWNERS) | {"cache/redis"}  # the others still found; postgres's no-op is not one
+    assert found["cache/redis"].destination == "the same address, port 6380"
+    assert found["cache/redis"].severity is Severity.CRITICAL

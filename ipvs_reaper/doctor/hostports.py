@@ -123,20 +123,24 @@ def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Fin
         )
         backends = backends_of.get(key, set())
         walks = list(walk_chains(tables, packet))
-        rewriting = [o for w in walks for o in w.outcomes if _elsewhere(o, backends)]
+        rewriting = [o for w in walks for o in w.outcomes if _elsewhere(o, backends, key.port)]
         if rewriting:
             # Certain when some rule applies unconditionally, or when every way through one chain ends in
             # a rule taking the traffic away (which one depends on what cannot be judged here).
             certain = any(o.certain for o in rewriting) or any(
-                w.surely_rewritten() and all(_elsewhere(o, backends) for o in w.outcomes) for w in walks
+                w.surely_rewritten() and all(_elsewhere(o, backends, key.port) for o in w.outcomes)
+                for w in walks
             )
             findings.append(_hijack(key, _group(rewriting), names, certain))
     return findings
 
 
-def _elsewhere(outcome: Outcome, backends: set[tuple[IPAddress | None, int | None]]) -> bool:
-    """A rewrite, and not kube-proxy's own (iptables mode) DNAT to one of the service's endpoints."""
+def _elsewhere(outcome: Outcome, backends: set[tuple[IPAddress | None, int | None]], port: int) -> bool:
+    """A rewrite, and not kube-proxy's own (iptables mode) DNAT to one of the service's endpoints, nor a DNAT
+    of the port alone to the port the packet already has (which changes nothing)."""
     target = outcome.rule.target
+    if target.action is Action.DNAT and target.address is None and target.port == port:
+        return False
     return outcome.rewrites and (target.address, target.port) not in backends
 
 

@@ -66,8 +66,14 @@ def _ports(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-def _address_port(text: str) -> tuple[IPAddress, int | None]:
-    """DNAT's --to-destination (`a`, `a:p`, `a-b:p-q`, `[v6]:p`, `v6`): the first address and port."""
+def _address_port(text: str) -> tuple[IPAddress | None, int | None]:
+    """DNAT's --to-destination (`a`, `a:p`, `a-b:p-q`, `[v6]:p`, `v6`, or `:p`, the port alone, which keeps
+    the packet's address): the first address and port."""
+    if text.startswith(":") and text.count(":") == 1:
+        try:
+            return None, int(text[1:].split("-", 1)[0])
+        except ValueError:
+            raise _RuleError(f"--to-destination {text!r} is not an address[:port]") from None
     host, port_text = text, ""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -99,6 +105,7 @@ def _parse_rule(tokens: list[str], text: str, chains: set[str]) -> tuple[Rule, s
     target_name = ""
     negate = False
     per_interface = False
+    translated = False  # --to-destination seen (a port alone leaves the address None)
     i = 2
     while i < len(tokens):
         option = tokens[i]
@@ -141,6 +148,7 @@ def _parse_rule(tokens: list[str], text: str, chains: set[str]) -> tuple[Rule, s
         elif option == "--to-destination" and target.action is Action.DNAT:
             address, port = _address_port(value)
             target = Target(Action.DNAT, address=address, port=port)
+            translated = True
         elif option == "--to-ports" and target.action is Action.REDIRECT:
             target = Target(Action.REDIRECT, port=_ports(value)[0][0])
         elif option in ("-c", "--set-counters") or target_name:
@@ -149,7 +157,7 @@ def _parse_rule(tokens: list[str], text: str, chains: set[str]) -> tuple[Rule, s
             matches.append(OtherMatch(shown))
         negate = False
         i += 1 + len(values)
-    if target.action is Action.DNAT and target.address is None:
+    if target.action is Action.DNAT and not translated:
         raise _RuleError("DNAT without --to-destination")
     if per_interface:
         matches = [
@@ -206,8 +214,8 @@ def backend_of(text: str) -> tuple[str, str]:
 
 
 def parse_iptables_save(text: str, source: str) -> list[Table]:
-    """The nat table(s) of an iptables-save dump, each with the backend and family of the tool that printed it.
-    Raises InputError naming the file and line."""
+    """The nat table(s) of an iptables-save dump, each with the backend and family of the tool that printed
+    it. Raises InputError naming the file and line."""
     tables = []
     seen_table = False
     for name, lines, header in _tables(text, source):

@@ -143,7 +143,8 @@ class Target:
         if self.action is Action.REDIRECT:
             return f"this node, port {self.port}" if self.port else "this node, same port"
         if self.address is None:
-            return "?"
+            # A port alone: the packet keeps its own address.
+            return f"the same address, port {self.port}" if self.port else "?"
         return format_endpoint(self.address, self.port) if self.port else str(self.address)
 
 
