@@ -132,14 +132,21 @@ class Watched:
 
 def kube_proxy_writes(lab: Lab, pod: str, weight: int) -> None:
     """kube-proxy's sync for one endpoint of every churned Service: a weight change, or the real server added
-    again where the agent has deleted it."""
-    present = lab.ipvsadm("-Sn")
-    lines = []
-    for n in range(SERVICE_COUNT):
-        there = f"-a -t {vip(n)}:80 -r {pod}:8080" in present
-        verb = "-e" if there else "-a"
-        lines.append(f"{verb} -t {vip(n)}:80 -r {pod}:8080 -m -w {weight}")
-    lab.restore(lines)
+    again where the agent has deleted it. The agent may delete one between the read and the write (its view
+    of the slices lags the churn): kube-proxy's next sync sets it right, and so does the next try here."""
+    for attempt in range(5):
+        present = lab.ipvsadm("-Sn")
+        lines = []
+        for n in range(SERVICE_COUNT):
+            there = f"-a -t {vip(n)}:80 -r {pod}:8080" in present
+            verb = "-e" if there else "-a"
+            lines.append(f"{verb} -t {vip(n)}:80 -r {pod}:8080 -m -w {weight}")
+        try:
+            lab.restore(lines)
+            return
+        except AssertionError as error:
+            if "No such destination" not in str(error) or attempt == 4:
+                raise
 
 
 async def churn(lab: Lab, cluster: Cluster, stop: float) -> int:
