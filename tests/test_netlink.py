@@ -17,7 +17,7 @@ import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
-from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsError
+from ipvs_reaper.ipvs.backend import DeleteOutcome, IpvsAbsent, IpvsError
 from ipvs_reaper.ipvs.kernel import (
     KernelIpvs,
     real_server_from_message,
@@ -156,18 +156,25 @@ def test_other_netlink_errors_are_errors() -> None:
         table.delete_real_server(REAL)
 
 
-def test_missing_ipvs_family_is_an_error_not_already_gone() -> None:
+def test_missing_ipvs_family_is_an_error_not_already_gone(tmp_path: Any) -> None:
     # pyroute2 raises NetlinkError(ENOENT) when the IPVS generic netlink family does not exist (seen on
-    # this host): that must never read as "the real server is already gone".
+    # this host): that must never read as "the real server is already gone". Without /proc/net/ip_vs it is a
+    # node without IPVS (nothing to reap); with it, a failure to say.
     def connect() -> Any:
         raise NetlinkError(errno.ENOENT)
 
-    with pytest.raises(IpvsError, match=r"ip_vs loaded"):
-        KernelIpvs(connect=connect).delete_real_server(REAL)
+    with pytest.raises(IpvsAbsent, match=r"ip_vs is not loaded"):
+        KernelIpvs(proc_path=tmp_path / "ip_vs", connect=connect).delete_real_server(REAL)
+    (tmp_path / "ip_vs").write_text("IP Virtual Server version 1.2.1 (size=4096)\n")
+    with pytest.raises(
+        IpvsError, match=r"cannot open the IPVS netlink family \(is ip_vs loaded\?\)"
+    ) as raised:
+        KernelIpvs(proc_path=tmp_path / "ip_vs", connect=connect).delete_real_server(REAL)
+    assert not isinstance(raised.value, IpvsAbsent)
 
 
-def test_missing_proc_file_is_a_clear_error(tmp_path: Any) -> None:
-    with pytest.raises(IpvsError, match=r"ip_vs module loaded"):
+def test_missing_proc_file_is_a_node_without_ipvs(tmp_path: Any) -> None:
+    with pytest.raises(IpvsAbsent, match=r"ip_vs is not loaded \(.*ip_vs does not exist\)"):
         KernelIpvs(proc_path=tmp_path / "ip_vs").read_table()
 
 
