@@ -414,3 +414,24 @@ def test_a_dnat_of_the_port_alone_is_read_and_judged_and_the_rest_of_the_file_to
     assert set(found) == set(OWNERS) | {"cache/redis"}  # the others still found; postgres's no-op is not one
     assert found["cache/redis"].destination == "the same address, port 6380"
     assert found["cache/redis"].severity is Severity.CRITICAL
+
+
+def test_a_cluster_ip_missing_from_the_view_is_unknown_to_kube_proxys_sets_not_outside() -> None:
+    """kube-proxy's ACCEPT for KUBE-CLUSTER-IP members comes first in this dump. A ClusterIP the cluster state
+    does not hold (its Service made after the export, or not yet in the agent's cache) may well be in that
+    set: the hijack behind the ACCEPT is possible, saying so, never certain (a critical alert at night)."""
+    items = [
+        item
+        for item in cluster_items()
+        if item["metadata"].get("name") not in ("mysql-b", "mysql-b-1")
+        or item["metadata"].get("namespace") != "db"
+    ]
+    view = NodeView(
+        NODE, table(), SAFE_FACTS, rules_from("kube-proxy-first.iptables-legacy-save"), (), Config()
+    )
+    report = diagnose(view, cluster_state_from_items(items), None)
+    (mysql,) = [f for f in report.findings if f.kind is Kind.HIJACK and f.address == "10.96.0.20:3306"]
+    assert mysql.severity is Severity.WARNING
+    assert "KUBE-CLUSTER-IP" in " ".join(mysql.evidence[0].conditions)
+    # The Services the view holds are still judged as before: none hijacked behind the ACCEPT.
+    assert [f.address for f in report.findings if f.kind is Kind.HIJACK] == ["10.96.0.20:3306"]

@@ -35,7 +35,14 @@ class Names:
         self.cluster, self.node, self.unavailable = cluster, node, unavailable
         self._index = ClusterIndex(cluster, node) if cluster is not None else None
         self._sets: dict[str, set[tuple[IPAddress, Protocol, int]]] = {}
+        # Every address, protocol and port the view knows a Service front for, built by kube-proxy or not.
+        self._known: set[tuple[IPAddress, Protocol, int]] = set()
         if self._index is not None and cluster is not None and cluster.usable:
+            self._known = {
+                (front.key.address, front.key.protocol, front.key.port)
+                for _, front in self._index.fronts
+                if front.key.address is not None
+            }
             # The sets hold what kube-proxy builds: the mapping's own model of it.
             built = [front for _, front in self._index.fronts if front.skipped is None]
             self._sets = {
@@ -64,10 +71,14 @@ class Names:
         return self.cluster is not None and self.cluster.pods is not None
 
     def set_membership(self, key: VirtualKey) -> dict[str, Truth]:
-        """kube-proxy puts every ClusterIP (and load-balancer IP) with its protocol and port in these sets."""
+        """kube-proxy puts every ClusterIP (and load-balancer IP) with its protocol and port in these sets. A
+        virtual service the view knows no Service front for (a Service made after the export, or not yet in
+        the agent's cache) is unknown, not outside: in the sets or not, the view cannot tell."""
         if key.address is None:
             return {}
         member = (key.address, key.protocol, key.port)
+        if member not in self._known:
+            return {name: Truth.MAYBE for name in self._sets}
         return {
             name: Truth.TRUE if member in members else Truth.FALSE for name, members in self._sets.items()
         }
