@@ -109,10 +109,10 @@ class SweepInputs:
     # Deletions earlier reconciles made within the breaker's window: many small reconciles must not add up
     # to what one sweep would be refused.
     recent_deletions: int = 0
-    # A gone endpoint's real server with live connections is deleted only once the endpoint has been seen
-    # gone this long (its own clock, `gone_since`, not the weight-0 one): an endpoint the EndpointSlice
+    # A gone endpoint's real server is deleted only once the endpoint has been seen gone this long (its own
+    # clock, `gone_since`, not the weight-0 one): an endpoint the EndpointSlice
     # controller moves between slices is missing from the view between its two writes, and the agent,
-    # reconciling on the first write's event, would otherwise cut a serving pod's connections. Zero for a
+    # reconciling on the first write's event, would otherwise delete a serving pod's real server. Zero for a
     # one-shot read, which no event steers into that moment.
     gone_settle: timedelta = timedelta(0)
     gone_since: Mapping[RealKey, datetime] = field(default_factory=dict)
@@ -200,20 +200,18 @@ def _excluded(config: Config, rs: RealServer) -> IPNetwork | None:
 def _settle(
     ruling: _Ruling, rs: RealServer, gone_since: datetime, now: datetime, settle: timedelta
 ) -> _Ruling:
-    """A reap that would cut live connections of an endpoint seen gone for less than the settle time waits;
-    an idle one goes ahead, re-checked idle right before the delete."""
-    if ruling.action is not Action.REAP or ruling.requires_idle:
+    """No reap of an endpoint seen gone for less than the settle time, idle or not: until then the view may
+    be the moment between an endpoint's two slice writes, and the cluster may still want it."""
+    if ruling.action is not Action.REAP:
         return ruling
     settled_at = gone_since + settle
     if now >= settled_at:
         return ruling
     waited, needed = (now - gone_since).total_seconds(), settle.total_seconds()
-    seen = f"gone: seen gone for {waited:.0f}s of the {needed:g}s settle"
-    if rs.active_conns == 0:
-        return _Ruling(Action.REAP, f"{seen}, and idle (ActiveConn 0)", requires_idle=True)
     return _Ruling(
         Action.WAIT,
-        f"{seen}: ActiveConn {rs.active_conns} kept until then (a moved endpoint is missing for a moment)",
+        f"gone: seen gone for {waited:.0f}s of the {needed:g}s settle (a moved endpoint is missing for a "
+        f"moment; ActiveConn {rs.active_conns})",
         settled_at,
     )
 
@@ -329,21 +327,12 @@ def _gate_on_sysctl(
     )
 
 
-def _node_total(inputs: SweepInputs) -> int:
-    if inputs.node_real_servers is not None:
-        return inputs.node_real_servers
-    return len(inputs.table.real_servers)
-
-
-def _deletion_count(inputs: SweepInputs, decisions: list[Decision]) -> int:
-    return sum(d.action is Action.REAP for d in decisions) + inputs.recent_deletions
-
-
-def _apply_breaker(inputs: SweepInputs, decisions: list[Decision]) -> tuple[list[Decision], str | None]:
+def _apply_breaker(
+    inputs: SweepInputs, decisions: list[Decision], total: int, count: int
+) -> tuple[list[Decision], str | None]:
+    """`count` deletions (this plan's and the window's earlier ones) of the node's `total` real servers."""
     breaker = inputs.config.breaker
     reaps = [d for d in decisions if d.action is Action.REAP]
-    total = _node_total(inputs)
-    count = _deletion_count(inputs, decisions)
     if reaps and count >= max(breaker.min_deletions, 1) and count > breaker.max_share * total:
         recent = f" ({inputs.recent_deletions} of them just now)" if inputs.recent_deletions else ""
         refusal = (
@@ -389,9 +378,12 @@ def plan_sweep(inputs: SweepInputs) -> Plan:
             gone_since[rs.key] = gone
         decisions.append(decision)
     decisions, needs_sysctl, sysctl_refusal = _gate_on_sysctl(inputs, decisions)
-    total = _node_total(inputs)
-    share = _deletion_count(inputs, decisions) / total if total else 0.0
-    decisions, refusal = _apply_breaker(inputs, decisions)
+    total = (
+        inputs.node_real_servers if inputs.node_real_servers is not None else len(inputs.table.real_servers)
+    )
+    count = sum(d.action is Action.REAP for d in decisions) + inputs.recent_deletions
+    share = count / total if total else 0.0
+    decisions, refusal = _apply_breaker(inputs, decisions, total, count)
     kind = RefusalKind.BREAKER if refusal is not None else None
     if refusal is None and sysctl_refusal is not None:
         refusal, kind = sysctl_refusal, RefusalKind.SYSCTL

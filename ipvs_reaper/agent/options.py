@@ -54,9 +54,8 @@ class AgentOptions:
     # many times a second (a rollout wave of many Services stretches the interval instead).
     recheck_interval: float = 2.0
     recheck_rate: float = 50.0
-    # A gone endpoint's real server with live connections waits until the endpoint has been seen gone this
-    # long (planner.SweepInputs.gone_settle says why); its connections to a pod that is really gone fail that
-    # much longer.
+    # A gone endpoint's real server waits until the endpoint has been seen gone this long
+    # (planner.SweepInputs.gone_settle says why); clients of a pod that is really gone fail that much longer.
     gone_settle: float = 5.0
     # After a failed delete (or a failed read), try again after these pauses, the last one repeated.
     reap_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)

@@ -90,6 +90,9 @@ def options(directory: Path, url: str, **overrides: Any) -> AgentOptions:
         post_events=False,
         event_interval=60.0,
         first_seen_file=None,
+        # Off, as a short sweep interval is short: tests of other things need no 5 s wait for each gone
+        # endpoint; test_gone_settle.py tests the settle itself.
+        gone_settle=0.0,
     )
     return replace(base, **overrides)
 

@@ -1,7 +1,7 @@
-"""A gone endpoint's real server with live connections waits until the endpoint has been seen gone for the
-settle time. The EndpointSlice controller (or another slice writer) can move an endpoint from one slice to
-another in two writes; between them the endpoint is in no slice, and the agent reconciles on the first
-write's event. Without the settle it cut the serving pod's connections there (this test's first half fails
+"""A gone endpoint's real server waits until the endpoint has been seen gone for the settle time, idle or not.
+The EndpointSlice controller (or another slice writer) can move an endpoint from one slice to another in two
+writes; between them the endpoint is in no slice, and the agent reconciles on the first write's event.
+Without the settle it cut the serving pod's connections there (this test's first half fails
 with `gone_settle=0`)."""
 
 from __future__ import annotations
@@ -63,13 +63,16 @@ async def test_an_endpoint_moved_between_slices_keeps_its_connections_and_a_gone
     assert waited >= SETTLE * 0.9, f"reaped {waited:.1f} s after it went, before the {SETTLE} s settle"
 
 
-async def test_an_idle_gone_real_server_is_not_held_by_the_settle(api: Any, tmp_path: Path) -> None:
+async def test_an_idle_gone_real_server_waits_the_settle_too(api: Any, tmp_path: Path) -> None:
     fake = FakeIpvs(table(real(WEB, "10.1.0.1", 8080, weight=1), real(WEB, MOVED, 8080, weight=1)))
     async with Cluster(str(api.url)) as cluster:
         await seed(cluster, web_slice(endpoint("10.1.0.1"), endpoint(MOVED)))
-        async with running(options(tmp_path, str(api.url), gone_settle=60.0), fake) as agent:
+        async with running(options(tmp_path, str(api.url), gone_settle=SETTLE), fake) as agent:
             await eventually(lambda: not agent.not_ready_because(), what="ready")
             await cluster.patch(SLICES, web_slice(endpoint("10.1.0.1")))
+            gone_at = asyncio.get_running_loop().time()
             fake.set_weight(real(WEB, MOVED, 8080).key, 0)
-            await eventually(lambda: bool(fake.deleted), timeout=5, what="reaped at once")
+            await eventually(lambda: bool(fake.deleted), timeout=SETTLE + 5, what="reaped after the settle")
+            waited = asyncio.get_running_loop().time() - gone_at
     assert keys(fake) == [f"10.96.0.2:80 -> {MOVED}"]
+    assert waited >= SETTLE * 0.9, f"an idle real server reaped {waited:.1f} s after it went"
