@@ -171,15 +171,14 @@ def test_headers_name_the_backend() -> None:
     ("text", "message"),
     [
         ("*nat\n-A PREROUTING -j X\nCOMMIT\n", "line 2: chain PREROUTING is not declared"),
-        ("*nat\n:X - [0:0]\n-A X -p tcp --dport 70000 -j ACCEPT\nCOMMIT\n", "line 3: '70000' is not a port"),
-        ("*nat\n:X - [0:0]\n-A X -j DNAT\nCOMMIT\n", "line 3: DNAT without --to-destination"),
-        ("*nat\n:X - [0:0]\n-A X -d nonsense -j ACCEPT\nCOMMIT\n", "line 3: -d 'nonsense'"),
-        ('*nat\n:X - [0:0]\n-A X -m comment --comment "open\nCOMMIT\n', "line 3: No closing quotation"),
         ("*nat\n:X - [0:0]\n", "table nat has no COMMIT"),
+        ("*nat\n:X - [0:0]\n-I X -j ACCEPT\nCOMMIT\n", "line 3: expected `-A CHAIN ...`"),
         ("hello\n", "line 1: 'hello' outside a table"),
     ],
 )
 def test_bad_iptables_save_names_the_line(text: str, message: str) -> None:
+    """A file that is not iptables-save output at all. (One rule it cannot read is not this: see
+    test_doctor_constructs.py.)"""
     with pytest.raises(InputError, match="dump: " + message.replace("(", r"\(").split("'")[0]):
         parse_iptables_save(text, "dump")
 
@@ -192,18 +191,6 @@ def test_bad_iptables_save_names_the_line(text: str, message: str) -> None:
         (
             '{"nftables": [{"rule": {"family": "ip", "table": "t", "chain": "c", "expr": []}}]}',
             "no known chain",
-        ),
-        (
-            '{"nftables": [{"chain": {"family": "ip", "table": "t", "name": "c"}},'
-            ' {"rule": {"family": "ip", "table": "t", "chain": "c",'
-            ' "expr": [{"jump": {"target": "nope"}}]}}]}',
-            "not a chain of this table",
-        ),
-        (
-            '{"nftables": [{"chain": {"family": "ip", "table": "t", "name": "c"}},'
-            ' {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [{"match": {"op": "==",'
-            ' "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": "x"}}]}}]}',
-            "not a port",
         ),
     ],
 )
@@ -274,7 +261,7 @@ def test_cli_without_cluster_access_still_reports(
 
 def test_cli_bad_rules_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.save"
-    bad.write_text("*nat\n:X - [0:0]\n-A X -p tcp --dport x -j ACCEPT\nCOMMIT\n")
+    bad.write_text("*nat\n:X - [0:0]\n-A Y -p tcp --dport 80 -j ACCEPT\nCOMMIT\n")
     argv = ["doctor", "--node-name", NODE, "--cluster-state", _state(tmp_path), "--iptables-save", str(bad)]
     assert main(argv, _access(tmp_path)) == 2
     assert f"{bad}: line 3:" in capsys.readouterr().err
@@ -367,7 +354,7 @@ def test_a_jump_that_may_not_happen_does_not_hide_what_follows() -> None:
         "10.244.1.5:3306",
     ]
     assert mysql.evidence[0].conditions == ("-i eth1",)
-    assert mysql.evidence[1].conditions == ("unless -i eth1 (dnat first)",)
+    assert mysql.evidence[1].conditions == ("unless -i eth1 (dnat at line 6)",)
     assert mysql.severity is Severity.CRITICAL  # one of the two applies, whichever it is
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.doctor.findings import Evidence, Finding, Kind, Severity
 from ipvs_reaper.mapping import ClusterIndex, FrontKind
-from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth
+from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth, truth
 from ipvs_reaper.netfilter.walk import Outcome, walk, walk_chains
 from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, VirtualKey, format_endpoint
 
@@ -21,10 +21,19 @@ _HOOK_TRAFFIC = {
     "prerouting": "from pods on this node and from other hosts (PREROUTING)",
     "output": "from processes in the node's own network namespace, hostNetwork pods included (OUTPUT)",
 }
-# kube-proxy's IP sets (IPVS mode) whose members the cluster state tells.
-CLUSTER_IP_SET = "KUBE-CLUSTER-IP"
-LOAD_BALANCER_SET = "KUBE-LOAD-BALANCER"
-_SET_KINDS = {CLUSTER_IP_SET: FrontKind.CLUSTER_IP, LOAD_BALANCER_SET: FrontKind.LOAD_BALANCER}
+# kube-proxy's IP sets (IPVS mode, pkg/proxy/ipvs/ipset.go and proxier.go) whose members the cluster state
+# tells, as named for IPv4; IPv6's are named KUBE-6-... (kube-proxy's newIPSet).
+CLUSTER_IP_SET = "KUBE-CLUSTER-IP"  # every ClusterIP,proto:port
+EXTERNAL_IP_SET = "KUBE-EXTERNAL-IP"  # externalIPs of Services with externalTrafficPolicy Cluster...
+EXTERNAL_IP_LOCAL_SET = "KUBE-EXTERNAL-IP-LOCAL"  # ...and Local: which one, the view does not keep
+LOAD_BALANCER_SET = "KUBE-LOAD-BALANCER"  # every load-balancer ingress IP,proto:port
+# Sets that hold some of KUBE-LOAD-BALANCER's members (-LOCAL, -FW, -SOURCE-IP, -SOURCE-CIDR): outside it, a
+# packet is outside them; inside, the view cannot tell.
+_LOAD_BALANCER_SUBSETS = "KUBE-LOAD-BALANCER-"
+
+
+def _family_name(name: str, family: int) -> str:
+    return name if family == 4 else "KUBE-6-" + name.removeprefix("KUBE-")
 
 
 class Names:
@@ -34,7 +43,8 @@ class Names:
     def __init__(self, cluster: ClusterState | None, node: str, unavailable: str | None = None) -> None:
         self.cluster, self.node, self.unavailable = cluster, node, unavailable
         self._index = ClusterIndex(cluster, node) if cluster is not None else None
-        self._sets: dict[str, set[tuple[IPAddress, Protocol, int]]] = {}
+        # kube-proxy's members of each kind of front: the mapping's own model of what it builds.
+        self._members: dict[FrontKind, set[tuple[IPAddress, Protocol, int]]] = {}
         # Every address, protocol and port the view knows a Service front for, built by kube-proxy or not.
         self._known: set[tuple[IPAddress, Protocol, int]] = set()
         if self._index is not None and cluster is not None and cluster.usable:
@@ -43,16 +53,10 @@ class Names:
                 for _, front in self._index.fronts
                 if front.key.address is not None
             }
-            # The sets hold what kube-proxy builds: the mapping's own model of it.
-            built = [front for _, front in self._index.fronts if front.skipped is None]
-            self._sets = {
-                name: {
-                    (f.key.address, f.key.protocol, f.key.port)
-                    for f in built
-                    if f.kind is kind and f.key.address is not None
-                }
-                for name, kind in _SET_KINDS.items()
-            }
+            for _, front in self._index.fronts:
+                if front.skipped is None and front.key.address is not None:
+                    member = (front.key.address, front.key.protocol, front.key.port)
+                    self._members.setdefault(front.kind, set()).add(member)
 
     def service(self, key: VirtualKey) -> str | None:
         target = self._index.target(key) if self._index is not None else None
@@ -71,17 +75,31 @@ class Names:
         return self.cluster is not None and self.cluster.pods is not None
 
     def set_membership(self, key: VirtualKey) -> dict[str, Truth]:
-        """kube-proxy puts every ClusterIP (and load-balancer IP) with its protocol and port in these sets. A
-        virtual service the view knows no Service front for (a Service made after the export, or not yet in
-        the agent's cache) is unknown, not outside: in the sets or not, the view cannot tell."""
-        if key.address is None:
+        """kube-proxy puts every ClusterIP, externalIP and load-balancer IP with its protocol and port in its
+        sets. A virtual service the view knows no Service front for (a Service made after the export, or not
+        yet in the agent's cache) is unknown, not outside: in the sets or not, the view cannot tell; and
+        without a usable cluster state nothing is known."""
+        if key.address is None or self._index is None:
             return {}
         member = (key.address, key.protocol, key.port)
         if member not in self._known:
-            return {name: Truth.MAYBE for name in self._sets}
-        return {
-            name: Truth.TRUE if member in members else Truth.FALSE for name, members in self._sets.items()
+            return {}
+
+        def inside(kind: FrontKind) -> bool:
+            return member in self._members.get(kind, set())
+
+        external = Truth.MAYBE if inside(FrontKind.EXTERNAL_IP) else Truth.FALSE
+        balanced = inside(FrontKind.LOAD_BALANCER)
+        sets = {
+            CLUSTER_IP_SET: truth(inside(FrontKind.CLUSTER_IP)),
+            EXTERNAL_IP_SET: external,
+            EXTERNAL_IP_LOCAL_SET: external,
+            LOAD_BALANCER_SET: truth(balanced),
         }
+        named = {_family_name(name, key.family): value for name, value in sets.items()}
+        if not balanced:
+            named[_family_name(_LOAD_BALANCER_SUBSETS, key.family)] = Truth.FALSE
+        return named
 
 
 def _evidence(outcomes: Sequence[Outcome]) -> Evidence:
@@ -136,13 +154,18 @@ def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Fin
         walks = list(walk_chains(tables, packet))
         rewriting = [o for w in walks for o in w.outcomes if _elsewhere(o, backends, key.port)]
         if rewriting:
-            # Certain when some rule applies unconditionally, or when every way through one chain ends in
-            # a rule taking the traffic away (which one depends on what cannot be judged here).
-            certain = any(o.certain for o in rewriting) or any(
-                w.surely_rewritten() and all(_elsewhere(o, backends, key.port) for o in w.outcomes)
-                for w in walks
+            # Certain at a hook when some rule there applies unconditionally, or when every way through one
+            # of its chains ends in a rule taking the traffic away (which one depends on what cannot be judged
+            # here).
+            certain_hooks = tuple(
+                dict.fromkeys(
+                    w.hook
+                    for w in walks
+                    if any(o.certain and o.rewrites for o in w.outcomes if _elsewhere(o, backends, key.port))
+                    or (w.surely_rewritten() and all(_elsewhere(o, backends, key.port) for o in w.outcomes))
+                )
             )
-            findings.append(_hijack(key, _group(rewriting), names, certain))
+            findings.append(_hijack(key, _group(rewriting), names, certain_hooks))
     return findings
 
 
@@ -152,11 +175,16 @@ def _elsewhere(outcome: Outcome, backends: set[tuple[IPAddress | None, int | Non
     target = outcome.rule.target
     if target.action is Action.DNAT and target.address is None and target.port == port:
         return False
-    return outcome.rewrites and (target.address, target.port) not in backends
+    return outcome.may_rewrite and (target.address, target.port) not in backends
 
 
-def _hijack(key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names, certain: bool) -> Finding:
-    """One finding per virtual service; each rule that can take its traffic is a piece of evidence."""
+def _hijack(
+    key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names, certain_hooks: tuple[str, ...]
+) -> Finding:
+    """One finding per virtual service; each rule that can take its traffic is a piece of evidence. Certain
+    (critical) when its traffic is taken at some hook whatever the packet; possible (a warning) when that
+    depends on something the rules and the view cannot tell."""
+    certain = bool(certain_hooks)
     group = groups[0]
     evidence = _evidence(group)
     service = names.service(key)
@@ -191,6 +219,7 @@ def _hijack(key: VirtualKey, groups: Sequence[Sequence[Outcome]], names: Names, 
         service=service,
         owner=owner,
         destination=target.destination(),
+        extra={"certainty": "certain" if certain else "possible", "certainHooks": list(certain_hooks)},
     )
 
 

@@ -14,8 +14,11 @@ from typing import Any
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.netfilter.rules import (
     Action,
+    AnyMatch,
     Chain,
     DestinationMatch,
+    FamilyMatch,
+    InterfaceMatch,
     LocalDestinationMatch,
     Match,
     OtherMatch,
@@ -99,7 +102,40 @@ def _networks(right: Any) -> tuple[Any, ...]:
     return tuple(nets)
 
 
-def _match(body: Mapping[str, Any]) -> list[Match]:
+class _Lookups:
+    """The named sets and maps of one table (`ip daddr @addrs`, `vmap @ports`, `dnat to ... map @m`), with
+    the elements the listing shows."""
+
+    def __init__(self, definitions: Mapping[str, Mapping[str, Any]]) -> None:
+        self._definitions = definitions
+
+    def elements(self, reference: str) -> list[Any] | None:
+        """A named set's or map's elements; None when the table defines no such name."""
+        found = self._definitions.get(reference.removeprefix("@"))
+        if found is None:
+            return None
+        elements = found.get("elem", [])
+        return [_unwrap(e) for e in elements] if isinstance(elements, list) else None
+
+
+def _unwrap(element: Any) -> Any:
+    """An element with options (`{"elem": {"val": 80, "timeout": 30}}`) is its value."""
+    if isinstance(element, dict) and isinstance(element.get("elem"), dict) and "val" in element["elem"]:
+        return element["elem"]["val"]
+    if isinstance(element, list):
+        return [_unwrap(e) for e in element]
+    return element
+
+
+def _resolved(right: Any, lookups: _Lookups) -> Any:
+    """A match's right side with a named set replaced by its elements (None: a set the table lacks)."""
+    if isinstance(right, str) and right.startswith("@"):
+        elements = lookups.elements(right)
+        return None if elements is None else {"set": elements}
+    return right
+
+
+def _match(body: Mapping[str, Any], lookups: _Lookups) -> list[Match]:
     op, left, right = body.get("op", "=="), body.get("left"), body.get("right")
     if not isinstance(op, str):
         raise _ExprError(f"{_show(op)} is not a match operator")
@@ -107,8 +143,14 @@ def _match(body: Mapping[str, Any]) -> list[Match]:
     if op not in ("==", "!=", "in"):
         return [OtherMatch(text)]
     negate = op == "!="
-    if isinstance(right, str) and right.startswith("@"):
-        return [OtherMatch(text)]  # a named set: its elements are not in the rule
+    right = _resolved(right, lookups)
+    if right is None:
+        return [OtherMatch(f"{text} (a set this table does not define)")]
+    if isinstance(left, dict) and isinstance(left.get("concat"), list):
+        alternatives = tuple(
+            tuple(_concat_element(left["concat"], element, lookups)) for element in _elements(right)
+        )
+        return [AnyMatch(alternatives, negate, text)]
     if isinstance(left, dict) and isinstance(left.get("payload"), dict):
         protocol, field = left["payload"].get("protocol"), left["payload"].get("field")
         if field == "dport" and protocol in (*_L4, "th"):
@@ -118,12 +160,20 @@ def _match(body: Mapping[str, Any]) -> list[Match]:
                 matches.insert(0, ProtocolMatch(frozenset({protocol}), False, protocol))
             return matches
         if field == "daddr" and protocol in ("ip", "ip6"):
-            if isinstance(right, dict) and "range" in right:
-                return [OtherMatch(text)]
+            if any(isinstance(e, dict) and "range" in e for e in _elements(right)):
+                return [FamilyMatch(4 if protocol == "ip" else 6, protocol), OtherMatch(text)]
             return [DestinationMatch(_networks(right), negate, text)]
-    if isinstance(left, dict) and isinstance(left.get("meta"), dict) and left["meta"].get("key") == "l4proto":
-        names = frozenset(str(e) for e in _elements(right))
-        return [ProtocolMatch(names, negate, text)]
+    if isinstance(left, dict) and isinstance(left.get("meta"), dict):
+        key = left["meta"].get("key")
+        if key == "l4proto":
+            names = frozenset(str(e) for e in _elements(right))
+            return [ProtocolMatch(names, negate, text)]
+        if key == "nfproto" and right in ("ipv4", "ipv6"):
+            family = 4 if right == "ipv4" else 6
+            return [FamilyMatch(10 - family if negate else family, text)]
+        if key in ("iifname", "oifname", "iif", "oif"):
+            direction = "in" if key.startswith("i") else "out"
+            return [InterfaceMatch(direction, tuple(str(e) for e in _elements(right)), negate, text)]
     if isinstance(left, dict) and isinstance(left.get("fib"), dict):
         fib = left["fib"]
         flags = fib.get("flags") if isinstance(fib.get("flags"), list) else []
@@ -135,63 +185,225 @@ def _match(body: Mapping[str, Any]) -> list[Match]:
     return [OtherMatch(text)]
 
 
-def _dnat_target(body: Any) -> Target:
+def _concat_element(keys: list[Any], element: Any, lookups: _Lookups) -> list[Match]:
+    """`ip daddr . tcp dport` against one element `10.0.0.1 . 80`: each part matches its own."""
+    values = element.get("concat") if isinstance(element, dict) else None
+    if not isinstance(values, list) or len(values) != len(keys):
+        raise _ExprError(f"{_show(element)} does not fit the key {_show(keys)}")
+    return [
+        m
+        for key, value in zip(keys, values, strict=True)
+        for m in _match({"left": key, "right": value}, lookups)
+    ]
+
+
+def _key_matches(key: Any, value: Any, lookups: _Lookups) -> list[Match]:
+    """A map's or verdict map's key equal to one element's key."""
+    if isinstance(key, dict) and isinstance(key.get("concat"), list):
+        return _concat_element(key["concat"], value, lookups)
+    return _match({"op": "==", "left": key, "right": value}, lookups)
+
+
+def _verdict(value: Any, chains: set[str]) -> Target:
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, body),) = value.items()
+        if kind in _VERDICTS:
+            return Target(_VERDICTS[kind])
+        if kind == "continue":
+            return Target(Action.CONTINUE)
+        name = body.get("target") if isinstance(body, dict) else None
+        if kind in ("jump", "goto") and isinstance(name, str) and name in chains:
+            return Target(Action.JUMP if kind == "jump" else Action.GOTO, chain=name)
+    return Target(Action.UNKNOWN, why=f"verdict {_show(value)}")
+
+
+def _map_entries(lookup: Any, lookups: _Lookups) -> list[tuple[Any, Any]] | None:
+    """(key, value) of a `map`/`vmap` lookup's data: its own elements or a named map's; None when the
+    table has no such map."""
+    data = lookup.get("data") if isinstance(lookup, dict) else None
+    if isinstance(data, str) and data.startswith("@"):
+        found = lookups.elements(data)
+        if found is None:
+            return None
+        entries = found
+    elif isinstance(data, dict) and isinstance(data.get("set"), list):
+        entries = [_unwrap(e) for e in data["set"]]
+    else:
+        return None
+    if not all(isinstance(e, list) and len(e) == 2 for e in entries):
+        raise _ExprError(f"{_show(data)} is not a map's elements")
+    return [(e[0], e[1]) for e in entries]
+
+
+def _address(value: Any) -> IPAddress:
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError:
+        raise _ExprError(f"{_show(value)} is not an address") from None
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+        return value
+    raise _ExprError(f"{_show(value)} is not a port")
+
+
+def _dnat_choices(body: Any, lookups: _Lookups) -> list[tuple[list[Match], Target, str]]:
+    """What a `dnat` may do, with the words that show it: one target, or one per element of the map its
+    address or port is looked up in (a packet whose key is in no element is not translated: the rule goes
+    on to the next). Raises _ExprError for what it cannot read."""
     if not isinstance(body, dict):
-        return Target(Action.DNAT)
-    address: IPAddress | None = None
-    if isinstance(body.get("addr"), str):
-        try:
-            address = ipaddress.ip_address(body["addr"])
-        except ValueError:
-            raise _ExprError(f"dnat to {body['addr']!r}: not an address") from None
-    port = body.get("port")
-    return Target(Action.DNAT, address=address, port=port if isinstance(port, int) else None)
+        raise _ExprError("dnat without a destination")
+    family: list[Match] = []
+    if body.get("family") in ("ip", "ip6"):
+        # In an `inet` table `dnat ip to` acts on IPv4 packets only; the others go on untouched.
+        family = [FamilyMatch(4 if body["family"] == "ip" else 6, f"dnat {body['family']}")]
+    addr, port = body.get("addr"), body.get("port")
+    plain_addr, plain_port = addr is None or isinstance(addr, str), port is None or isinstance(port, int)
+    if isinstance(port, dict) and plain_addr:
+        # `dnat to 10.0.0.1 : tcp dport map { ... }`: the port looked up, the address fixed.
+        lookup, fixed = port.get("map"), (_address(addr) if addr is not None else None)
+
+        def target(value: Any) -> Target:
+            return Target(Action.DNAT, address=fixed, port=_port(value))
+
+    elif isinstance(addr, dict) and plain_port:
+        # `dnat to tcp dport map { 80 : 10.0.0.1 . 8080 }`: the address (and port) looked up.
+        lookup, fixed_port = addr.get("map"), (_port(port) if port is not None else None)
+
+        def target(value: Any) -> Target:
+            parts = value.get("concat") if isinstance(value, dict) else None
+            if isinstance(parts, list) and len(parts) == 2:
+                return Target(Action.DNAT, address=_address(parts[0]), port=_port(parts[1]))
+            return Target(Action.DNAT, address=_address(value), port=fixed_port)
+
+    elif plain_addr and plain_port and (addr is not None or port is not None):
+        plain = Target(
+            Action.DNAT,
+            address=_address(addr) if addr is not None else None,
+            port=_port(port) if port is not None else None,
+        )
+        return [(family, plain, f"dnat to {plain.destination()}")]
+    else:
+        raise _ExprError(f"dnat to {_show(addr)} port {_show(port)}")
+    entries = _map_entries(lookup, lookups)
+    if entries is None:
+        raise _ExprError(
+            f"dnat to {_show(addr if isinstance(addr, dict) else port)}: no map to look it up in"
+        )
+    key = lookup.get("key") if isinstance(lookup, dict) else None
+    choices = []
+    for k, v in entries:
+        chosen = target(v)
+        shown = f"dnat to {_show(key)} map {{ {_show(k)} : {chosen.destination()} }}"
+        choices.append(([*family, *_key_matches(key, k, lookups)], chosen, shown))
+    return choices
 
 
-def _rule(expressions: list[Any], chains: set[str]) -> tuple[list[Match], Target, list[str]]:
+# Statements that neither change where a packet goes nor end its traversal.
+_PASSING = frozenset(
+    {"counter", "log", "limit", "quota", "notrack", "set", "map", "masquerade", "snat", "meter", "dup",
+     "flow", "secmark", "ct helper", "ct timeout", "ct expectation", "synproxy"}
+)  # fmt: skip
+_REWRITTEN_FIELDS = frozenset({"daddr", "dport"})
+
+
+def _rule(
+    expressions: list[Any], chains: set[str], lookups: _Lookups
+) -> list[tuple[list[Match], Target, str]]:
+    """One nft rule as the rules it amounts to: usually one; a verdict map or a map lookup in a `dnat` gives
+    one per element, each with the key's match (a key matches at most one element)."""
     matches: list[Match] = []
-    target = Target(Action.CONTINUE)
     words: list[str] = []
     for expression in expressions:
         if not isinstance(expression, dict) or len(expression) != 1:
             raise _ExprError(f"{_show(expression)} is not an nft expression")
         ((kind, body),) = expression.items()
         if kind == "match" and isinstance(body, dict):
-            found = _match(body)
+            try:
+                found = _match(body, lookups)
+            except _ExprError as error:
+                # A match it cannot read may or may not hold; the rule is still read.
+                found = [OtherMatch(f"{_show(body.get('left'))} ... (not understood: {error})")]
             matches.extend(found)
             words.append(found[-1].text)  # `tcp dport 80` says the protocol itself
-        elif kind in ("jump", "goto") and isinstance(body, dict):
-            name = body.get("target")
-            if not isinstance(name, str) or name not in chains:
-                raise _ExprError(f"{kind} to {name!r}, which is not a chain of this table")
-            target = Target(Action.JUMP if kind == "jump" else Action.GOTO, chain=str(name))
-            words.append(f"{kind} {name}")
-        elif kind in _VERDICTS:
-            target = Target(_VERDICTS[kind])
-            words.append(kind)
-        elif kind == "dnat":
-            target = _dnat_target(body)
-            words.append(f"dnat to {target.destination()}")
-        elif kind == "redirect":
-            port = body.get("port") if isinstance(body, dict) else None
-            target = Target(Action.REDIRECT, port=port if isinstance(port, int) else None)
-            words.append("redirect" + (f" to :{port}" if port else ""))
-        elif kind == "xt" and isinstance(body, dict):
-            name = str(body.get("name"))
-            if body.get("type") == "target":
-                action = {"DNAT": Action.DNAT, "REDIRECT": Action.REDIRECT}.get(name, Action.CONTINUE)
-                target = Target(action)
-            else:
-                matches.append(OtherMatch(f"xt match {name}"))
-            words.append(f"xt {body.get('type')} {name}")
-        elif kind == "vmap":
-            # A verdict map branches on data the rule does not show: each verdict may apply.
-            matches.append(OtherMatch(f"vmap {_show(body)}"))
-            target = Target(Action.CONTINUE)
-            words.append("vmap")
-        elif kind != "counter":
-            words.append(kind)
-    return matches, target, words
+            continue
+        try:
+            statement = _statement(kind, body, expression, chains, lookups, matches, words)
+        except _ExprError as error:
+            # A statement it cannot read: what reaches it (its matches say what) may be taken anywhere.
+            why = str(error)
+            return [
+                (matches, Target(Action.UNKNOWN, why=why), " ".join([*words, f"{kind} (not understood)"]))
+            ]
+        if statement is not None:
+            return statement
+    return [(matches, Target(Action.CONTINUE), " ".join(words))]
+
+
+def _statement(
+    kind: str,
+    body: Any,
+    expression: Any,
+    chains: set[str],
+    lookups: _Lookups,
+    matches: list[Match],
+    words: list[str],
+) -> list[tuple[list[Match], Target, str]] | None:
+    """A statement after the rule's matches: the rules it amounts to when it ends the rule (a verdict, a
+    translation), None when the rule goes on (a counter, a log, an xt match: appended to `matches`)."""
+    if kind in ("jump", "goto"):
+        target = _verdict(expression, chains)
+        if target.action is Action.UNKNOWN:
+            raise _ExprError(f"{kind} to {_show(body)}, which is not a chain of this table")
+        return [(matches, target, " ".join([*words, f"{kind} {target.chain}"]))]
+    if kind in _VERDICTS or kind == "continue":
+        return [(matches, _verdict(expression, chains), " ".join([*words, kind]))]
+    if kind == "dnat":
+        return [
+            (matches + extra, target, " ".join([*words, shown]))
+            for extra, target, shown in _dnat_choices(body, lookups)
+        ]
+    if kind == "redirect":
+        port = body.get("port") if isinstance(body, dict) else None
+        if port is not None and not isinstance(port, int):
+            raise _ExprError(f"redirect to {_show(port)}")
+        shown = "redirect" + (f" to :{port}" if port else "")
+        return [(matches, Target(Action.REDIRECT, port=port), " ".join([*words, shown]))]
+    if kind == "vmap" and isinstance(body, dict):
+        entries = _map_entries(body, lookups)
+        shown = " ".join([*words, f"{_show(body.get('key'))} vmap"])
+        if entries is None:
+            raise _ExprError(f"vmap {_show(body.get('data'))}: no such map in this table")
+        return [
+            (
+                matches + _key_matches(body.get("key"), k, lookups),
+                _verdict(v, chains),
+                f"{shown} {{ {_show(k)} }}",
+            )
+            for k, v in entries
+        ]
+    if kind == "xt" and isinstance(body, dict):
+        name = str(body.get("name"))
+        if body.get("type") == "target":
+            action = {"DNAT": Action.DNAT, "REDIRECT": Action.REDIRECT}.get(name, Action.CONTINUE)
+            return [(matches, Target(action), " ".join([*words, f"xt target {name}"]))]
+        matches.append(OtherMatch(f"xt match {name}"))
+        words.append(f"xt match {name}")
+        return None
+    if kind == "mangle" and isinstance(body, dict):
+        key = body.get("key")
+        payload = key.get("payload") if isinstance(key, dict) else None
+        field = payload.get("field") if isinstance(payload, dict) else None
+        if isinstance(field, str) and field in _REWRITTEN_FIELDS:
+            # A stateless rewrite of the destination: IPVS never sees the address it was sent to.
+            raise _ExprError(f"{_show(key)} set {_show(body.get('value'))}")
+        words.append("mangle")
+        return None
+    if kind in _PASSING:
+        words.append(kind)
+        return None
+    raise _ExprError(f"the statement {kind!r}")
 
 
 def parse_nft_json(text: str, source: str) -> list[Table]:
@@ -206,6 +418,7 @@ def parse_nft_json(text: str, source: str) -> list[Table]:
     if not isinstance(objects, list):
         raise InputError(f'{source}: expected {{"nftables": [...]}} (the output of `nft -j list ruleset`)')
     chain_info: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    named: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     rules: dict[tuple[str, str, str], list[Rule]] = {}
     raw_rules = []
     for index, entry in enumerate(objects):
@@ -218,6 +431,10 @@ def parse_nft_json(text: str, source: str) -> list[Table]:
             chain = entry["chain"]
             key = (str(chain.get("family")), str(chain.get("table")))
             chain_info.setdefault(key, {})[str(chain.get("name"))] = chain
+        elif isinstance(entry.get("set"), dict) or isinstance(entry.get("map"), dict):
+            definition = entry["set"] if isinstance(entry.get("set"), dict) else entry["map"]
+            key = (str(definition.get("family")), str(definition.get("table")))
+            named.setdefault(key, {})[str(definition.get("name"))] = definition
         elif isinstance(entry.get("rule"), dict):
             raw_rules.append((index, entry["rule"]))
     for index, rule in raw_rules:
@@ -226,18 +443,19 @@ def parse_nft_json(text: str, source: str) -> list[Table]:
         chains = chain_info.get(key, {})
         if chain_name not in chains or not isinstance(rule.get("expr"), list):
             raise InputError(f"{source}: nftables[{index}]: a rule of no known chain, or without expressions")
+        comment = rule.get("comment") if isinstance(rule.get("comment"), str) else ""
+        suffix = f' comment "{comment}"' if comment else ""
         try:
-            matches, target, words = _rule(rule["expr"], set(chains))
+            read = _rule(rule["expr"], set(chains), _Lookups(named.get(key, {})))
         except RecursionError:
             raise InputError(f"{source}: nftables[{index}]: nested too deeply to be an nft rule") from None
         except _ExprError as error:
-            raise InputError(
-                f"{source}: nftables[{index}] (table {key[0]} {key[1]}, chain {chain_name}): {error}"
-            ) from None
-        comment = rule.get("comment") if isinstance(rule.get("comment"), str) else ""
-        text = " ".join(words) + (f' comment "{comment}"' if comment else "")
-        rules.setdefault((*key, chain_name), []).append(
-            Rule(tuple(matches), target, text, comment or "", line=None)
+            # One rule it cannot read: what reaches it may be taken anywhere; the rest is still read.
+            why = f"nftables[{index}]: {error}"
+            read = [([], Target(Action.UNKNOWN, why=why), f"(rule nftables[{index}], not understood)")]
+        rules.setdefault((*key, chain_name), []).extend(
+            Rule(tuple(matches), target, text + suffix, comment or "", line=None)
+            for matches, target, text in read
         )
     tables = []
     for (family, name), chains in chain_info.items():

@@ -1,8 +1,9 @@
 """A node's NAT rules as values, whichever tool they were read from: tables, chains, rules, matches, targets.
 
 Only what decides where a packet to a local address:port goes is understood (protocol, destination port and
-address, address type, kube-proxy's IP sets); every other match is kept as text and judged "may match", so an
-unknown match can widen a finding but never hide one."""
+address, address type, kube-proxy's IP sets, the interfaces a hook has or has not); every other match is kept
+as text and judged "may match", and a rule the reader cannot read at all "may do anything", so what is not
+understood can widen a finding but never hide one."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Packet:
     address: IPAddress | None  # None: some local address, not a particular one
     # Membership in kube-proxy's IP sets as far as it can be told (KUBE-CLUSTER-IP: ClusterIP,proto:port).
     sets: Mapping[str, Truth] = field(default_factory=dict)
+    hook: str | None = None  # set by the walk: the hook whose chain is being judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +76,46 @@ class DestinationMatch:
     text: str
 
     def evaluate(self, packet: Packet) -> Truth:
+        if self.networks and all(n.version != packet.family for n in self.networks):
+            # `ip daddr != X` never matches an IPv6 packet: nft adds the family as a dependency, and
+            # iptables' and ip6tables' rules never see the other family at all.
+            return Truth.FALSE
         if packet.address is None:
             return Truth.MAYBE
         inside = any(n.version == packet.address.version and packet.address in n for n in self.networks)
         return truth(inside).negated(self.negate)
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyMatch:
+    """`dnat ip to` in an `inet` table (the nat expression acts on its own family only), `meta nfproto`."""
+
+    family: int
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        return truth(packet.family == self.family)
+
+
+# A packet at these hooks has no such interface: the kernel compares the name with "" (iptables' -i/-o and
+# nft's iifname/oifname alike), so `-i docker0` cannot match a locally generated packet and `! -i docker0`
+# always does.
+_NO_INTERFACE = {"in": frozenset({"output"}), "out": frozenset({"prerouting"})}
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceMatch:
+    direction: str  # in | out
+    names: tuple[str, ...]  # as written; iptables' `+` and nft's `*` end a prefix
+    negate: bool
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        if packet.hook not in _NO_INTERFACE[self.direction]:
+            return Truth.MAYBE
+        # An empty prefix (`-i +`, `iifname "*"`) matches every name, the empty one included.
+        empty = any(name in ("+", "*") for name in self.names)
+        return truth(empty).negated(self.negate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +140,33 @@ class SetMatch:
     text: str
 
     def evaluate(self, packet: Packet) -> Truth:
-        return packet.sets.get(self.name, Truth.MAYBE).negated(self.negate)
+        found = packet.sets.get(self.name)
+        if found is None:
+            # A name ending in "-" speaks for every set named after it (subsets of one set).
+            prefixes = (v for k, v in packet.sets.items() if k.endswith("-") and self.name.startswith(k))
+            found = next(prefixes, Truth.MAYBE)
+        return found.negated(self.negate)
+
+
+@dataclass(frozen=True, slots=True)
+class AnyMatch:
+    """One of several alternatives, each a conjunction: `ip daddr . tcp dport { 10.0.0.1 . 80, ... }`."""
+
+    alternatives: tuple[tuple[Match, ...], ...]
+    negate: bool
+    text: str
+
+    def evaluate(self, packet: Packet) -> Truth:
+        best = Truth.FALSE
+        for alternative in self.alternatives:
+            results = [m.evaluate(packet) for m in alternative]
+            if Truth.FALSE in results:
+                continue
+            if all(r is Truth.TRUE for r in results):
+                best = Truth.TRUE
+                break
+            best = Truth.MAYBE
+        return best.negated(self.negate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +179,17 @@ class OtherMatch:
         return Truth.MAYBE
 
 
-Match = ProtocolMatch | PortMatch | DestinationMatch | LocalDestinationMatch | SetMatch | OtherMatch
+Match = (
+    ProtocolMatch
+    | PortMatch
+    | DestinationMatch
+    | FamilyMatch
+    | InterfaceMatch
+    | LocalDestinationMatch
+    | SetMatch
+    | AnyMatch
+    | OtherMatch
+)
 
 
 class Action(enum.StrEnum):
@@ -127,6 +201,9 @@ class Action(enum.StrEnum):
     DNAT = "dnat"
     REDIRECT = "redirect"
     CONTINUE = "continue"  # MARK, LOG, counter, masquerade...: the packet goes on to the next rule
+    # A rule the reader could not read (or a target it does not know): it may rewrite the destination, end
+    # the traversal, return, or do nothing. Whatever it touches is possible, never certain.
+    UNKNOWN = "unknown"
 
 
 TERMINAL = frozenset({Action.ACCEPT, Action.DROP, Action.DNAT, Action.REDIRECT})
@@ -138,8 +215,11 @@ class Target:
     chain: str = ""  # JUMP, GOTO
     address: IPAddress | None = None  # DNAT
     port: int | None = None  # DNAT (None: unchanged), REDIRECT
+    why: str = ""  # UNKNOWN: what could not be read
 
     def destination(self) -> str:
+        if self.action is Action.UNKNOWN:
+            return f"unknown (a rule the doctor cannot read: {self.why})"
         if self.action is Action.REDIRECT:
             return f"this node, port {self.port}" if self.port else "this node, same port"
         if self.address is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.netfilter.rules import TERMINAL, Action, Chain, Packet, Rule, Table, Truth
@@ -51,6 +51,10 @@ class Outcome:
     def rewrites(self) -> bool:
         return self.rule.target.action in (Action.DNAT, Action.REDIRECT)
 
+    @property
+    def may_rewrite(self) -> bool:
+        return self.rewrites or self.rule.target.action is Action.UNKNOWN
+
     def chain_path(self) -> str:
         return " -> ".join([self.path[0].chain, *(s.rule.target.chain for s in self.path[:-1])])
 
@@ -71,6 +75,14 @@ def _judge(rule: Rule, packet: Packet) -> tuple[Truth, tuple[str, ...]]:
     return (Truth.MAYBE if unsure else Truth.TRUE), tuple(unsure)
 
 
+def _unless(rule: Rule, unsure: tuple[str, ...], what: str) -> str:
+    """What must not have happened first, for a person: the matches that decide it and the rule."""
+    where = f"line {rule.line}" if rule.line is not None else f"`{rule.text}`"
+    if unsure:
+        return f"unless {' '.join(unsure)} ({what} at {where})"
+    return f"unless {what} at {where}"
+
+
 class _Walker:
     def __init__(self, table: Table, hook: str, packet: Packet) -> None:
         self.table, self.hook, self.packet = table, hook, packet
@@ -79,39 +91,62 @@ class _Walker:
         self.unless: list[str] = []
         self.steps = 0
 
+    def _count(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise WalkTooLong(
+                f"{self.table.source}: following one packet through {self.table.label} takes more than "
+                f"{MAX_STEPS} rule evaluations; rules this tangled cannot be judged"
+            )
+
     def chain(self, chain: Chain, path: tuple[Step, ...], conditions: tuple[str, ...]) -> _End:
+        """`conditions`: what must hold to be here, and, as the chain goes on, what must not have happened in
+        it (a RETURN or a goto that may have applied ends this chain's run for some packets)."""
         if len(path) > _MAX_DEPTH:
             return _End.FELL_THROUGH
+        # Some packets may have left this chain early (a RETURN or goto that may apply, a rule that cannot be
+        # read): a certain terminal rule later stops only the others, so this chain cannot say STOPPED.
+        partial = False
         for rule in chain.rules:
-            self.steps += 1
-            if self.steps > MAX_STEPS:
-                raise WalkTooLong(
-                    f"{self.table.source}: following one packet through {self.table.label} takes more than "
-                    f"{MAX_STEPS} rule evaluations; rules this tangled cannot be judged"
-                )
+            self._count()
             result, unsure = _judge(rule, self.packet)
             if result is Truth.FALSE:
                 continue
             here = (*path, Step(chain.name, rule))
             needs = (*conditions, *unsure)
             action = rule.target.action
+            if action is Action.UNKNOWN:
+                # It may rewrite (an outcome that is never certain), end the traversal, or return.
+                shown = f"if the rule it cannot read ({rule.target.why}) rewrites it"
+                self.found.append(Outcome(self.table, self.hook, here, (*self.unless, *needs, shown)))
+                self.unless.append(_unless(rule, unsure, "an unreadable rule ended the traversal"))
+                conditions = (*conditions, _unless(rule, unsure, "an unreadable rule returned"))
+                partial = True
+                continue
             if action in TERMINAL:
                 self.found.append(Outcome(self.table, self.hook, here, (*self.unless, *needs)))
                 if needs:
-                    self.unless.append(f"unless {' '.join(needs)} ({action.value} first)")
+                    self.unless.append(_unless(rule, unsure or needs, action.value))
+                if result is Truth.TRUE:
+                    return _End.FELL_THROUGH if partial else _End.STOPPED
             elif action in (Action.JUMP, Action.GOTO):
                 called = self.table.chains.get(rule.target.chain)
                 end = self.chain(called, here, needs) if called is not None else _End.FELL_THROUGH
-                if action is Action.GOTO and result is Truth.TRUE:
-                    # A goto's chain returns to this chain's caller: nothing after it here runs.
-                    return end
-                if end is _End.STOPPED and result is Truth.TRUE:
-                    return _End.STOPPED
-                continue
-            elif action is Action.RETURN and result is Truth.TRUE:
-                return _End.FELL_THROUGH
-            if action in TERMINAL and result is Truth.TRUE:
-                return _End.STOPPED
+                if result is Truth.TRUE:
+                    if action is Action.GOTO:
+                        # A goto's chain returns to this chain's caller: nothing after it here runs.
+                        return _End.FELL_THROUGH if partial else end
+                    if end is _End.STOPPED:
+                        return _End.FELL_THROUGH if partial else _End.STOPPED
+                elif action is Action.GOTO:
+                    # Taken, the goto skips the rest of this chain, and its chain may run out.
+                    conditions = (*conditions, _unless(rule, unsure, f"goto {rule.target.chain}"))
+                    partial = partial or end is not _End.STOPPED
+            elif action is Action.RETURN:
+                if result is Truth.TRUE:
+                    return _End.FELL_THROUGH
+                conditions = (*conditions, _unless(rule, unsure, "return"))
+                partial = True
         return _End.FELL_THROUGH
 
 
@@ -120,6 +155,7 @@ class ChainWalk:
     """One nat base chain's walk: the terminal rules the packet can reach, in order, and whether it surely
     reaches one of them (it cannot run off the end of the chain and go on untranslated)."""
 
+    hook: str
     outcomes: tuple[Outcome, ...]
     ends_in_one: bool
 
@@ -136,9 +172,10 @@ def walk_chains(tables: Iterable[Table], packet: Packet) -> Iterator[ChainWalk]:
             continue
         for chain in table.chains.values():
             if chain.nat and chain.hook in NAT_HOOKS:
-                walker = _Walker(table, chain.hook, packet)
+                at_hook = replace(packet, hook=chain.hook)
+                walker = _Walker(table, chain.hook, at_hook)
                 end = walker.chain(chain, (), ())
-                yield ChainWalk(tuple(walker.found), end is _End.STOPPED)
+                yield ChainWalk(chain.hook, tuple(walker.found), end is _End.STOPPED)
 
 
 def walk(tables: Iterable[Table], packet: Packet) -> Iterator[Outcome]:

@@ -43,10 +43,19 @@ def seeds(target: str) -> list[bytes]:
                 "portmap.iptables-legacy-save",
                 "portmap.iptables-nft-save",
                 "kube-proxy-first.iptables-legacy-save",
+                "docker.iptables-nft-save",
+                "odd.iptables-legacy-save",
+                "kube-proxy6.ip6tables-legacy-save",
             )
         ],
         "nft_ruleset": [
-            (dumps / n).read_bytes() for n in ("portmap.nft-ruleset.json", "iptables-nft.nft-ruleset.json")
+            (dumps / n).read_bytes()
+            for n in (
+                "portmap.nft-ruleset.json",
+                "iptables-nft.nft-ruleset.json",
+                "maps.nft-ruleset.json",
+                "inet.nft-ruleset.json",
+            )
         ],
     }
     return by_target[target]

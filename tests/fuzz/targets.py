@@ -26,7 +26,7 @@ from ipvs_reaper.kernel.addresses import parse_node_addresses
 from ipvs_reaper.kernel.facts import parse_sysctl_text
 from ipvs_reaper.netfilter.iptables_save import parse_iptables_save
 from ipvs_reaper.netfilter.nft_json import parse_nft_json
-from ipvs_reaper.netfilter.rules import Packet, Table
+from ipvs_reaper.netfilter.rules import Packet, Table, Truth
 from ipvs_reaper.netfilter.walk import walk
 from ipvs_reaper.planner import SweepInputs, plan_sweep
 from ipvs_reaper.values import IpvsTable, Protocol, RealKey, RealServer, VirtualKey, VirtualService
@@ -152,9 +152,11 @@ def first_seen_file(data: bytes) -> None:
 
 def _walk_all(tables: list[Table]) -> None:
     # A parsed table must also be walkable: the doctor sends packets through whatever was read.
-    for protocol, port in (("tcp", 80), ("udp", 53)):
-        list(walk(tables, Packet(4, protocol, port, ipaddress.ip_address("10.96.0.1"))))
+    sets = {"KUBE-CLUSTER-IP": Truth.TRUE, "KUBE-6-LOAD-BALANCER-": Truth.FALSE}
+    for protocol, port in (("tcp", 80), ("udp", 53), ("tcp", 3306)):
+        list(walk(tables, Packet(4, protocol, port, ipaddress.ip_address("10.96.0.1"), sets)))
         list(walk(tables, Packet(4, protocol, port, None)))
+        list(walk(tables, Packet(6, protocol, port, ipaddress.ip_address("fd00:96::20"), sets)))
 
 
 def iptables_save(data: bytes) -> None:

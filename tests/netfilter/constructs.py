@@ -1,0 +1,126 @@
+"""Rule sets with the constructs real nodes carry beyond portmap's chains: nft maps, verdict maps and named
+sets, `inet` tables, Docker's chains with their interface matches, kube-proxy's IPv6 sets, RETURN on a match
+that cannot be judged, a target the doctor does not know, a DNAT of the port alone.
+
+Each is loaded into the VM's kernel by `python -m tests.netfilter.capture`, and what the tools print back is
+what the doctor's unit tests read (tests/netfilter/dumps). The comments say what each rule does to the
+Services of tests/netfilter/scene.py; tests/test_doctor_constructs.py holds the doctor to it."""
+
+from __future__ import annotations
+
+# IPv6 ClusterIPs of dual-stack Services beside scene.py's IPv4 ones (db/mysql-b and db/postgres).
+MYSQL_B6 = "fd00:96::20"
+POSTGRES6 = "fd00:96::40"
+
+MAPS_NFT = """
+table ip hostports {
+    set web-ports { type inet_service; elements = { 8080 } }
+    set guarded { type ipv4_addr; elements = { 10.96.0.30 } }
+    map udp-ports { type inet_service : verdict; elements = { 53 : jump dns-cache } }
+    chain mysql-a {
+        meta l4proto tcp dnat to 10.244.1.5:3306
+    }
+    chain dns-cache {
+        meta l4proto udp dnat to 10.244.1.7:5353
+    }
+    chain prerouting {
+        type nat hook prerouting priority -100; policy accept;
+        jump hostports
+    }
+    chain output {
+        type nat hook output priority -100; policy accept;
+        jump hostports
+    }
+    chain hostports {
+        # db/mysql-b: a verdict map sends 3306 to mysql-a's chain
+        fib daddr type local tcp dport vmap { 3306 : jump mysql-a, 22 : accept }
+        # db/postgres: the one port of the map that a Service has; 8443 and 9000 are nobody's
+        fib daddr type local dnat to tcp dport map {
+            8443 : 10.244.1.6 . 8443, 5432 : 10.244.1.8 . 5432, 9000 : 10.244.1.9 . 9000
+        }
+        # kube-dns: a named verdict map
+        fib daddr type local udp dport vmap @udp-ports
+        # web/frontend: its address is in a named set that is accepted before the DNAT
+        ip daddr @guarded accept
+        fib daddr type local tcp dport 80 dnat to 10.244.1.6:8080
+        # web/web: a named set of ports
+        fib daddr type local tcp dport @web-ports dnat to 10.244.1.11:80
+        # cache/redis: only for packets that arrive on eth1 (never a packet of the node's own)
+        iifname "eth1" tcp dport 6379 dnat to 10.244.1.20:6379
+        # cache/memcached: every packet but those arriving on docker0 (so every packet of the node's own)
+        iifname != "docker0" tcp dport 11211 dnat to 10.244.1.21:11211
+        # mon/node-exporter: any address but its own
+        ip daddr != 10.96.0.50 tcp dport 9100 dnat to 10.244.1.13:9100
+    }
+}
+"""
+
+# An `inet` table: `dnat ip to` acts on IPv4 packets, `dnat ip6 to` on IPv6 ones.
+INET_NFT = """
+table inet hostports {
+    chain prerouting {
+        type nat hook prerouting priority -100; policy accept;
+        fib daddr type local tcp dport 3306 dnat ip to 10.244.1.5:3306
+        fib daddr type local tcp dport 5432 dnat ip6 to [fd00:10:244:1::8]:5432
+    }
+    chain output {
+        type nat hook output priority -100; policy accept;
+        fib daddr type local tcp dport 3306 dnat ip to 10.244.1.5:3306
+        fib daddr type local tcp dport 5432 dnat ip6 to [fd00:10:244:1::8]:5432
+    }
+}
+"""
+
+# Docker's published port (moby's iptables setup): not for packets from docker0, which has no say over a
+# packet of the node's own.
+DOCKER_IPTABLES = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A DOCKER -i docker0 -j RETURN
+-A DOCKER ! -i docker0 -p tcp -m tcp --dport 6379 -j DNAT --to-destination 172.17.0.2:6379
+COMMIT
+"""
+
+# Rules that are not portmap's: a RETURN on a source match before mysql's DNAT, a NETMAP (a target the
+# doctor does not model) on postgres's port, a DNAT of the port alone for redis, and after them all a plain
+# hostPort DNAT for web/frontend that must still be found.
+ODD_IPTABLES = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:HOSTPORTS - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j HOSTPORTS
+-A OUTPUT -m addrtype --dst-type LOCAL -j HOSTPORTS
+-A HOSTPORTS -s 10.244.0.0/16 -j RETURN
+-A HOSTPORTS -p tcp -m tcp --dport 3306 -j DNAT --to-destination 10.244.1.5:3306
+-A PREROUTING -p tcp -m tcp --dport 5432 -j NETMAP --to 10.244.3.0/24
+-A OUTPUT -p tcp -m tcp --dport 5432 -j NETMAP --to 10.244.3.0/24
+-A PREROUTING -d 10.96.0.70/32 -p tcp -m tcp --dport 6379 -j DNAT --to-destination :6380
+-A PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.6:8080
+COMMIT
+"""
+
+# kube-proxy (IPVS mode) in an IPv6 nat table: its set is KUBE-6-CLUSTER-IP, accepted before portmap's chain.
+KUBE_PROXY6_IPTABLES = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A OUTPUT -j KUBE-SERVICES
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A KUBE-SERVICES -m set --match-set KUBE-6-CLUSTER-IP dst,dst -j ACCEPT
+-A CNI-HOSTPORT-DNAT -p tcp -m tcp --dport 3306 -j DNAT --to-destination [fd00:10:244:1::5]:3306
+COMMIT
+"""
+KUBE_PROXY6_SET = ("KUBE-6-CLUSTER-IP", f"{MYSQL_B6},tcp:3306")
