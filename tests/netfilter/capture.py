@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.netfilter import constructs
 from tests.netfilter.portmap import JUMP_RESTRICTED, ORPHAN, SCENE, SCENE6, iptables_restore, nft_script
 
 OUT = Path("/run/ipvs-vm/dumps")
@@ -36,6 +37,30 @@ def clear() -> None:
         sh(tool, "-t", "nat", "-F")
         sh(tool, "-t", "nat", "-X")
     sh("nft", "flush", "ruleset")
+
+
+def capture_constructs() -> None:
+    """tests/netfilter/constructs.py's rule sets, each through the tool it is written for."""
+    clear()
+    sh("nft", "-f", "-", stdin=constructs.MAPS_NFT)
+    save("maps.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
+    save("maps.nft-ruleset.txt", sh("nft", "list", "ruleset"))
+    clear()
+    sh("nft", "-f", "-", stdin=constructs.INET_NFT)
+    save("inet.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
+    clear()
+    sh("iptables-nft-restore", "--noflush", stdin=constructs.DOCKER_IPTABLES)
+    save("docker.iptables-nft-save", sh("iptables-nft-save", "-t", "nat"))
+    clear()
+    sh("iptables-legacy-restore", "--noflush", stdin=constructs.ODD_IPTABLES)
+    save("odd.iptables-legacy-save", sh("iptables-legacy-save", "-t", "nat"))
+    clear()
+    name, member = constructs.KUBE_PROXY6_SET
+    sh("ipset", "create", name, "hash:ip,port", "family", "inet6")
+    sh("ipset", "add", name, member)
+    sh("ip6tables-legacy-restore", "--noflush", stdin=constructs.KUBE_PROXY6_IPTABLES)
+    save("kube-proxy6.ip6tables-legacy-save", sh("ip6tables-legacy-save", "-t", "nat"))
+    clear()
 
 
 def main() -> int:
@@ -66,7 +91,7 @@ def main() -> int:
     clear()
     sh("nft", "-f", "-", stdin=nft_script(SCENE6, family="ip6"))
     save("portmap6.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
-    clear()
+    capture_constructs()
     return 0
 
 
