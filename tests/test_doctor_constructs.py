@@ -19,6 +19,7 @@ from ipvs_reaper.config import Config
 from ipvs_reaper.doctor.command import NodeView, diagnose
 from ipvs_reaper.doctor.findings import Finding, Kind, Severity
 from ipvs_reaper.doctor.hostports import Names
+from ipvs_reaper.doctor.hostports import hijacks as hijacks_of
 from ipvs_reaper.doctor.report import DoctorReport, metrics_view
 from ipvs_reaper.netfilter.iptables_save import parse_iptables_save
 from ipvs_reaper.netfilter.nft_json import parse_nft_json
@@ -298,3 +299,113 @@ def test_a_map_element_to_the_services_own_backend_is_not_a_hijack() -> None:
     report = doctor(RuleSources(tuple(parse_nft_json(text, "edited")), (), True))
     assert "10.96.0.40:5432" not in hijacks(report)
     assert "10.96.0.20:3306" in hijacks(report)
+
+
+def _edge(
+    name: str, *services: str, release: str | None = "6.1.0-56-amd64"
+) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The dump of constructs.EDGE_CASES[name] judged for these virtual services (`tcp:10.96.0.1:80`,
+    `tcp:[fd00::1]:80`), with no cluster state: address -> (certainty, hooks where certain)."""
+    (path,) = DUMPS.glob(f"edge-{name}.*")
+    text = path.read_text()
+    tables = (
+        parse_nft_json(text, path.name) if path.suffix == ".json" else parse_iptables_save(text, path.name)
+    )
+    keys = []
+    for service in services:
+        protocol, rest = service.split(":", 1)
+        address, port = rest[1:].split("]:") if rest.startswith("[") else rest.rsplit(":", 1)
+        keys.append(
+            VirtualService(
+                VirtualKey.inet(Protocol(protocol.upper()), ipaddress.ip_address(address), int(port)), "rr"
+            )
+        )
+    found = hijacks_of(tables, IpvsTable(tuple(keys), ()), Names(None, NODE, "offline"), release)
+    return {f.address or "?": (f.extra["certainty"], tuple(f.extra["certainHooks"])) for f in found}
+
+
+def test_an_ip_match_never_holds_for_an_ipv6_packet_even_negated_even_against_an_empty_set() -> None:
+    """nft checks the family before `ip daddr` (an implicit dependency), so `ip daddr != @excl` never matches
+    IPv6; a set listed without elements (empty, or `nft -j -t`) is unknown, so IPv4 is possible."""
+    assert _edge("empty-set", "tcp:[fd00::1]:80", "tcp:10.96.0.1:80") == {"10.96.0.1:80": ("possible", ())}
+
+
+def test_a_negated_concatenation_keeps_its_protocol_and_family_outside_the_negation() -> None:
+    found = _edge("concat-negated", "udp:10.96.0.10:53", "tcp:[fd00::1]:80", "tcp:10.96.0.1:80")
+    assert found == {"10.96.0.1:80": ("certain", ("output",))}
+
+
+@pytest.mark.parametrize("name", ["drop-first", "noop-first"])
+def test_an_earlier_nat_chain_that_may_drop_or_translate_first_makes_a_later_capture_possible(
+    name: str,
+) -> None:
+    """netfilter runs a hook's nat chains by priority and stops at the first drop or translation
+    (nf_nat_inet_fn): a no-op DNAT first leaves the packet to IPVS."""
+    assert _edge(name, "tcp:10.96.0.1:80") == {"10.96.0.1:80": ("possible", ())}
+
+
+def test_a_stateless_rewrite_outside_the_nat_table_is_a_possible_capture() -> None:
+    assert _edge("stateless", "udp:10.96.0.10:53") == {"10.96.0.10:53": ("possible", ())}
+
+
+def test_dnat_to_ranges_is_read_in_both_tools() -> None:
+    assert _edge("ranges", "tcp:10.96.0.1:80", "tcp:10.96.0.1:81") == {
+        "10.96.0.1:80": ("certain", ("output",)),
+        "10.96.0.1:81": ("certain", ("output",)),
+    }
+    assert _edge("v6-ranges", "tcp:[fd00::1]:80", "tcp:[fd00::1]:81") == {
+        "[fd00::1]:80": ("certain", ("output",)),
+        "[fd00::1]:81": ("certain", ("output",)),
+    }
+
+
+def test_a_set_looked_up_by_source_port_is_not_kube_proxys_cluster_ip_lookup() -> None:
+    """`--match-set KUBE-CLUSTER-IP dst,src` compares the source port: the view's membership says nothing."""
+    assert _edge("set-dst-src", "tcp:10.96.0.1:80") == {"10.96.0.1:80": ("possible", ())}
+
+
+def test_an_option_value_that_looks_like_an_option_is_a_value() -> None:
+    """iptables-save prints `--comment -p` unquoted: the `-p` is the comment."""
+    assert _edge("comment-dash", "tcp:10.96.0.1:80") == {"10.96.0.1:80": ("certain", ("output",))}
+
+
+@pytest.mark.parametrize(
+    ("release", "negated"),
+    [
+        ("6.1.0-56-amd64", ("certain", ("output",))),
+        ("4.19.0-27-amd64", ("possible", ())),
+        (None, ("possible", ())),
+    ],
+)
+def test_nf_tables_interface_matches_at_output_depend_on_the_kernel(
+    release: str | None, negated: tuple[str, tuple[str, ...]]
+) -> None:
+    """A packet the node sends has no input interface: `-i eth1` never matches it; `! -i docker0` always does
+    on kernels from 5.3, where nf_tables compares the missing name as "" (before, the rule never matched)."""
+    assert _edge("interfaces", "tcp:10.96.0.1:80", "tcp:10.96.0.1:82", release=release) == {
+        "10.96.0.1:82": negated
+    }
+
+
+def test_a_save_dump_without_its_header_takes_its_family_from_its_addresses() -> None:
+    """`grep -v '^#'` drops the header that names the tool: an ip6tables dump is still IPv6 by its addresses,
+    and one with no address at all may be either, never certain."""
+    v6 = "\n".join(
+        line
+        for line in (DUMPS / "edge-v6-ranges.ip6tables-legacy-save").read_text().splitlines()
+        if not line.startswith("#")
+    )
+    (table6,) = parse_iptables_save(v6, "v6")
+    assert table6.family == "ip6" and not table6.family_guessed
+    bare = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 80 -j REDIRECT --to-ports 8080\nCOMMIT\n"
+    (either,) = parse_iptables_save(bare, "bare")
+    assert either.family_guessed
+    services = (
+        VirtualService(VirtualKey.inet(Protocol.TCP, ipaddress.ip_address(a), 80), "rr")
+        for a in ("10.96.0.1", "fd00::1")
+    )
+    found = hijacks_of([either], IpvsTable(tuple(services), ()), Names(None, NODE, "offline"), None)
+    assert {f.address: f.extra["certainty"] for f in found} == {
+        "10.96.0.1:80": "possible",
+        "[fd00::1]:80": "possible",
+    }

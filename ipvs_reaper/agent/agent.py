@@ -78,6 +78,8 @@ class Agent:
         self._api = api
         self._local_addresses = local_addresses
         self._kernel_facts = kernel_facts
+        # `uname -r` once read: the doctor's interface matches depend on it (unknown until then).
+        self._kernel_release: str | None = None
         self._read_rules = read_rules
         self._backend = backend
         self._sysctls = sysctls
@@ -365,7 +367,7 @@ class Agent:
         cluster = self.cache.snapshot() if self.cache.ready else None
         names = Names(cluster, self.options.node_name, None if cluster else "no complete listing yet")
         try:
-            findings = await asyncio.to_thread(hijacks, rules.tables, table, names)
+            findings = await asyncio.to_thread(hijacks, rules.tables, table, names, self._kernel_release)
         except WalkTooLong as error:
             if str(error) != self._rules_unreadable:
                 log.error("doctor: %s", error)
@@ -513,6 +515,7 @@ class Agent:
             log.debug("reading the IPVS sysctls: %s", error)
             self.metrics.errors.labels("sysctl").inc()
             return
+        self._kernel_release = facts.release
         self.metrics.kernel(facts, exposure_verdict(facts).exposure)
 
     def _forget_events(self, stale: frozenset[VirtualKey]) -> None:

@@ -118,7 +118,10 @@ def diagnose(
     )
     names = Names(indexed, view.node, names_unavailable)
     tables = view.rules.tables
-    findings: list[Finding] = [*hijacks(tables, view.table, names), *well_known_ports(tables, names)]
+    findings: list[Finding] = [
+        *hijacks(tables, view.table, names, view.facts.release),
+        *well_known_ports(tables, names),
+    ]
     if not view.rules.read_any:
         findings.append(
             Finding(

@@ -7,13 +7,14 @@ packet would be; a DNAT or REDIRECT on its way is a hijack."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.doctor.findings import Evidence, Finding, Kind, Severity
 from ipvs_reaper.mapping import ClusterIndex, FrontKind
 from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth, truth
-from ipvs_reaper.netfilter.walk import Outcome, walk, walk_chains
+from ipvs_reaper.netfilter.walk import ChainWalk, Outcome, walk, walk_chains
 from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, VirtualKey, format_endpoint
 
 WELL_KNOWN_BELOW = 1024
@@ -136,8 +137,21 @@ def _owner_text(owner: str | None, names: Names) -> str:
     return "no pod on this node has that address (a rule left behind by a deleted pod?)"
 
 
-def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Finding]:
+_RELEASE = re.compile(r"^(\d+)\.(\d+)")
+
+
+def nft_empty_interface(release: str | None) -> bool:
+    """Whether this kernel's nf_tables compares a missing interface's name as "" (Linux 5.3 on): known only
+    from an upstream version at least that; a vendor's older number with backports stays unknown."""
+    found = _RELEASE.match(release or "")
+    return found is not None and (int(found[1]), int(found[2])) >= (5, 3)
+
+
+def hijacks(
+    tables: Sequence[Table], table: IpvsTable, names: Names, kernel_release: str | None = None
+) -> list[Finding]:
     """A finding for each virtual service whose traffic a DNAT or REDIRECT can take before IPVS sees it."""
+    empty_interface = nft_empty_interface(kernel_release)
     findings = []
     backends_of: dict[VirtualKey, set[tuple[IPAddress | None, int | None]]] = {}
     for rs in table.real_servers:
@@ -148,25 +162,51 @@ def hijacks(tables: Sequence[Table], table: IpvsTable, names: Names) -> list[Fin
         if key.address is None or key.protocol is Protocol.FWM:
             continue
         packet = Packet(
-            key.family, key.protocol.value.lower(), key.port, key.address, names.set_membership(key)
+            key.family,
+            key.protocol.value.lower(),
+            key.port,
+            key.address,
+            names.set_membership(key),
+            nft_empty_interface=empty_interface,
         )
         backends = backends_of.get(key, set())
         walks = list(walk_chains(tables, packet))
         rewriting = [o for w in walks for o in w.outcomes if _elsewhere(o, backends, key.port)]
         if rewriting:
-            # Certain at a hook when some rule there applies unconditionally, or when every way through one
-            # of its chains ends in a rule taking the traffic away (which one depends on what cannot be judged
-            # here).
-            certain_hooks = tuple(
-                dict.fromkeys(
-                    w.hook
-                    for w in walks
-                    if any(o.certain and o.rewrites for o in w.outcomes if _elsewhere(o, backends, key.port))
-                    or (w.surely_rewritten() and all(_elsewhere(o, backends, key.port) for o in w.outcomes))
-                )
-            )
+            certain_hooks = _certain_hooks(walks, backends, key.port)
             findings.append(_hijack(key, _group(rewriting), names, certain_hooks))
     return findings
+
+
+def _certain_hooks(
+    walks: Sequence[ChainWalk], backends: set[tuple[IPAddress | None, int | None]], port: int
+) -> tuple[str, ...]:
+    """The hooks at which the traffic is surely taken: some nat chain there takes it whatever the packet (a
+    rule that applies unconditionally, or every way through ending in a rule that takes it), and no nat
+    chain that may run before it (a lower priority, or the same) may drop the packet or translate it
+    harmlessly first (netfilter stops at a hook's first translation or drop)."""
+    hooks = []
+    for walk_ in walks:
+        takes = [o for o in walk_.outcomes if _elsewhere(o, backends, port)]
+        surely = any(o.certain and o.rewrites for o in takes) or (
+            walk_.surely_rewritten() and len(takes) == len(walk_.outcomes)
+        )
+        before = [
+            w
+            for w in walks
+            if w is not walk_ and w.hook == walk_.hook and w.chain.priority <= walk_.chain.priority
+        ]
+        spoiled = any(
+            w.may_drop
+            or any(
+                o.rule.target.action is Action.UNKNOWN or (o.rewrites and not _elsewhere(o, backends, port))
+                for o in w.outcomes
+            )
+            for w in before
+        )
+        if surely and not spoiled:
+            hooks.append(walk_.hook)
+    return tuple(dict.fromkeys(hooks))
 
 
 def _elsewhere(outcome: Outcome, backends: set[tuple[IPAddress | None, int | None]], port: int) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.netfilter.rules import (
@@ -90,7 +90,7 @@ def _address_port(text: str) -> tuple[IPAddress | None, int | None]:
         port_text = rest.removeprefix(":")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
-    host = host.split("-", 1)[0] if host.count(":") < 2 else host
+    host = host.split("-", 1)[0]  # a range's first address (no address of either family has a "-")
     try:
         address = ipaddress.ip_address(host)
         port = int(port_text.split("-", 1)[0]) if port_text else None
@@ -99,8 +99,27 @@ def _address_port(text: str) -> tuple[IPAddress | None, int | None]:
     return address, port
 
 
+# Options whose number of values is known take exactly that many words, whatever they look like: iptables-save
+# prints `--comment -p` unquoted, and that `-p` is the comment, not an option.
+_ARITY = {
+    **dict.fromkeys(
+        ("-p", "--protocol", "-d", "--destination", "-s", "--source", "-i", "--in-interface", "-o",
+         "--out-interface", "--dport", "--dports", "--destination-port", "--destination-ports", "--sport",
+         "--sports", "--source-port", "--source-ports", "--dst-type", "--src-type", "--comment", "-m",
+         "--match", "-j", "--jump", "-g", "--goto", "--to-destination", "--to-ports", "--to-source", "--to",
+         "--set-xmark", "--mark", "--ctstate", "--state"),
+        1,
+    ),
+    "--match-set": 2,
+}  # fmt: skip
+
+
 def _words(tokens: list[str], start: int) -> list[str]:
-    """The values of the option at `start`: the words up to the next option."""
+    """The values of the option at `start`: as many as it takes, or, for an option not listed, the words up
+    to the next option."""
+    arity = _ARITY.get(tokens[start])
+    if arity is not None:
+        return tokens[start + 1 : start + 1 + arity]
     end = start + 1
     while end < len(tokens) and not tokens[end].startswith("-") and tokens[end] != "!":
         end += 1
@@ -111,8 +130,9 @@ class _RuleReader:
     """One `-A CHAIN ...` line, option by option. An option whose value cannot be read does not make the rule
     unreadable: a match becomes "may match", a target "may do anything" (UNKNOWN), and the rest is read."""
 
-    def __init__(self, chains: set[str]) -> None:
+    def __init__(self, chains: set[str], backend: str = "iptables") -> None:
         self.chains = chains
+        self.legacy = backend == "iptables-legacy"  # xt's interface match, not nf_tables' meta
         self.matches: list[Match] = []
         self.target = Target(Action.CONTINUE)
         self.target_name = ""
@@ -132,6 +152,8 @@ class _RuleReader:
             values = _words(tokens, i)
             shown = " ".join(["!" if negate else "", option, *values]).strip()
             try:
+                if len(values) < _ARITY.get(option, 0):
+                    raise _RuleError("a value is missing")
                 self.option(option, values, negate, shown)
             except _RuleError as error:
                 if option in ("--to-destination", "--to-ports"):
@@ -167,14 +189,16 @@ class _RuleReader:
             self.matches.append(DestinationMatch(nets, negate, shown))
         elif option in ("-i", "--in-interface", "-o", "--out-interface"):
             direction = "in" if option in ("-i", "--in-interface") else "out"
-            self.matches.append(InterfaceMatch(direction, (value,), negate, shown))
+            self.matches.append(InterfaceMatch(direction, (value,), negate, shown, nft=not self.legacy))
         elif option in ("--dport", "--destination-port", "--dports", "--destination-ports"):
             self.matches.append(PortMatch(_ports(value), negate, shown))
         elif option == "--dst-type":
             self.matches.append(LocalDestinationMatch(frozenset(value.upper().split(",")), negate, shown))
         elif option in ("--limit-iface-in", "--limit-iface-out"):
             self.per_interface = True
-        elif option == "--match-set" and len(values) >= 2 and values[1].split(",")[0] == "dst":
+        elif option == "--match-set" and values[1] == "dst,dst":
+            # kube-proxy's lookup of a destination address and port (hash:ip,port); other flags (`dst,src`:
+            # the source port) are a match like any other.
             self.matches.append(SetMatch(values[0], negate, shown))
         elif option == "--comment":
             self.comment = value
@@ -240,7 +264,7 @@ def _tables(text: str, source: str) -> Iterator[tuple[str, list[tuple[int, str]]
 def backend_of(text: str) -> tuple[str, str]:
     """(backend, family) from the header iptables-save writes: `iptables-nft` when it says nf_tables,
     `iptables-legacy` when it does not (the legacy tool names no mode), `iptables` without a header; `ip` or
-    `ip6`."""
+    `ip6` (`ip` without a header: the caller judges by the rules' addresses)."""
     for line in text.splitlines()[:5]:
         found = _HEADER.match(line)
         if found:
@@ -248,6 +272,19 @@ def backend_of(text: str) -> tuple[str, str]:
             kind = "nft" if mode == "nf_tables" or variant == "nft" else "legacy"
             return f"iptables-{kind}", ("ip6" if tool == "ip6tables" else "ip")
     return "iptables", "ip"
+
+
+def _versions(chains: Iterable[Chain]) -> set[int]:
+    """The IP versions of the addresses the rules name."""
+    found: set[int] = set()
+    for chain in chains:
+        for rule in chain.rules:
+            found.update(
+                n.version for m in rule.matches if isinstance(m, DestinationMatch) for n in m.networks
+            )
+            if rule.target.address is not None:
+                found.add(rule.target.address.version)
+    return found
 
 
 def parse_iptables_save(text: str, source: str) -> list[Table]:
@@ -274,14 +311,14 @@ def parse_iptables_save(text: str, source: str) -> list[Table]:
                 # Its words cannot be told apart for sure: its matches read as plain words say what it can
                 # touch, and what it does there is unknown.
                 tokens = body.split()
-                rule = _RuleReader(set()).read(tokens, body) if len(tokens) >= 2 else None
+                rule = _RuleReader(set(), backend).read(tokens, body) if len(tokens) >= 2 else None
                 matches = rule.matches if rule is not None else ()
                 unreadable = Rule(matches, Target(Action.UNKNOWN, why=str(error)), body)
             if len(tokens) < 2 or tokens[0] != "-A":
                 raise InputError(f"{source}: line {number}: expected `-A CHAIN ...`, got {line[:60]!r}")
             if tokens[1] not in chain_names:
                 raise InputError(f"{source}: line {number}: chain {tokens[1]} is not declared")
-            rule = unreadable or _RuleReader(chain_names).read(tokens, body)
+            rule = unreadable or _RuleReader(chain_names, backend).read(tokens, body)
             rules[tokens[1]].append(Rule(rule.matches, rule.target, rule.text, rule.comment, line=number))
         chains = {
             name: Chain(name, tuple(chain_rules), hook=_BUILTIN_HOOKS.get(name), nat=True)
@@ -290,7 +327,14 @@ def parse_iptables_save(text: str, source: str) -> list[Table]:
         loop = jump_loop(chains)
         if loop is not None:
             raise InputError(f"{source}: chain {loop[0]} jumps back to itself ({' -> '.join(loop)})")
-        tables.append(Table(backend, family, "nat", chains, source))
+        guessed = False
+        if header is None:
+            # No header (cut off, or `grep -v '^#'`): the addresses in the rules say which tool printed it;
+            # with none, or both kinds, it may be either, and nothing in it is certain.
+            versions = _versions(chains.values())
+            family = "ip6" if versions == {6} else "ip" if versions == {4} else "inet"
+            guessed = family == "inet"
+        tables.append(Table(backend, family, "nat", chains, source, family_guessed=guessed))
     if not seen_table and text.strip():
         raise InputError(f"{source}: no tables (expected `iptables-save` output)")
     return tables

@@ -46,6 +46,8 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         if isinstance(value.get("set"), list):
             return "{ " + ", ".join(_show(v) for v in value["set"]) + " }"
+        if isinstance(value.get("concat"), list):
+            return " . ".join(_show(v) for v in value["concat"])
         if "range" in value and isinstance(value["range"], list):
             return "-".join(_show(v) for v in value["range"])
         if "prefix" in value and isinstance(value["prefix"], dict):
@@ -110,11 +112,13 @@ class _Lookups:
         self._definitions = definitions
 
     def elements(self, reference: str) -> list[Any] | None:
-        """A named set's or map's elements; None when the table defines no such name."""
+        """A named set's or map's elements; None when the table defines no such name or the listing does not
+        show its elements."""
         found = self._definitions.get(reference.removeprefix("@"))
         if found is None:
             return None
-        elements = found.get("elem", [])
+        # A set listed without "elem" is empty, or listed tersely (`nft -j -t`): which, the JSON cannot say.
+        elements = found.get("elem")
         return [_unwrap(e) for e in elements] if isinstance(elements, list) else None
 
 
@@ -127,12 +131,19 @@ def _unwrap(element: Any) -> Any:
     return element
 
 
-def _resolved(right: Any, lookups: _Lookups) -> Any:
-    """A match's right side with a named set replaced by its elements (None: a set the table lacks)."""
-    if isinstance(right, str) and right.startswith("@"):
-        elements = lookups.elements(right)
-        return None if elements is None else {"set": elements}
-    return right
+def _dependencies(left: Any) -> list[Match]:
+    """What nft checks before it compares a payload field: the protocol (`tcp dport` is TCP) or the family
+    (`ip daddr` is IPv4). They hold whatever the operator: `tcp dport != 80` never matches a UDP packet, and
+    `ip daddr != 10.0.0.1` never an IPv6 one."""
+    if isinstance(left, dict) and isinstance(left.get("concat"), list):
+        return [m for part in left["concat"] for m in _dependencies(part)]
+    payload = left.get("payload") if isinstance(left, dict) else None
+    protocol = payload.get("protocol") if isinstance(payload, dict) else None
+    if protocol in _L4:
+        return [ProtocolMatch(frozenset({str(protocol)}), False, str(protocol))]
+    if protocol in ("ip", "ip6"):
+        return [FamilyMatch(4 if protocol == "ip" else 6, str(protocol))]
+    return []
 
 
 def _match(body: Mapping[str, Any], lookups: _Lookups) -> list[Match]:
@@ -140,67 +151,69 @@ def _match(body: Mapping[str, Any], lookups: _Lookups) -> list[Match]:
     if not isinstance(op, str):
         raise _ExprError(f"{_show(op)} is not a match operator")
     text = f"{_show(left)} {'' if op in ('==', 'in') else op + ' '}{_show(right)}"
+    dependencies = _dependencies(left)
     if op not in ("==", "!=", "in"):
-        return [OtherMatch(text)]
+        return [*dependencies, OtherMatch(text)]
     negate = op == "!="
-    right = _resolved(right, lookups)
-    if right is None:
-        return [OtherMatch(f"{text} (a set this table does not define)")]
+    if isinstance(right, str) and right.startswith("@"):
+        elements = lookups.elements(right)
+        if elements is None:
+            # Not defined here, or listed without its elements (`nft -j -t`): its members are unknown.
+            return [*dependencies, OtherMatch(f"{text} (a set whose elements the listing does not show)")]
+        right = {"set": elements}
     if isinstance(left, dict) and isinstance(left.get("concat"), list):
         alternatives = tuple(
             tuple(_concat_element(left["concat"], element, lookups)) for element in _elements(right)
         )
-        return [AnyMatch(alternatives, negate, text)]
+        return [*dependencies, AnyMatch(alternatives, negate, text)]
+    return [*dependencies, _value_match(left, right, negate, text)]
+
+
+def _value_match(left: Any, right: Any, negate: bool, text: str) -> Match:
+    """The comparison itself, once its dependencies are checked."""
     if isinstance(left, dict) and isinstance(left.get("payload"), dict):
         protocol, field = left["payload"].get("protocol"), left["payload"].get("field")
         if field == "dport" and protocol in (*_L4, "th"):
-            matches: list[Match] = [PortMatch(_port_ranges(right), negate, text)]
-            if protocol in _L4:
-                # `tcp dport` also says the packet is TCP, whatever the port.
-                matches.insert(0, ProtocolMatch(frozenset({protocol}), False, protocol))
-            return matches
+            return PortMatch(_port_ranges(right), negate, text)
         if field == "daddr" and protocol in ("ip", "ip6"):
             if any(isinstance(e, dict) and "range" in e for e in _elements(right)):
-                return [FamilyMatch(4 if protocol == "ip" else 6, protocol), OtherMatch(text)]
-            return [DestinationMatch(_networks(right), negate, text)]
+                return OtherMatch(text)
+            return DestinationMatch(_networks(right), negate, text)
     if isinstance(left, dict) and isinstance(left.get("meta"), dict):
         key = left["meta"].get("key")
         if key == "l4proto":
-            names = frozenset(str(e) for e in _elements(right))
-            return [ProtocolMatch(names, negate, text)]
+            return ProtocolMatch(frozenset(str(e) for e in _elements(right)), negate, text)
         if key == "nfproto" and right in ("ipv4", "ipv6"):
             family = 4 if right == "ipv4" else 6
-            return [FamilyMatch(10 - family if negate else family, text)]
+            return FamilyMatch(10 - family if negate else family, text)
         if key in ("iifname", "oifname", "iif", "oif"):
             direction = "in" if key.startswith("i") else "out"
-            return [InterfaceMatch(direction, tuple(str(e) for e in _elements(right)), negate, text)]
+            return InterfaceMatch(direction, tuple(str(e) for e in _elements(right)), negate, text)
     if isinstance(left, dict) and isinstance(left.get("fib"), dict):
         fib = left["fib"]
         flags = fib.get("flags") if isinstance(fib.get("flags"), list) else []
         if fib.get("result") == "type" and "daddr" in flags:
             types = frozenset(str(e).upper() for e in _elements(right))
-            return [
-                LocalDestinationMatch(types, negate, text, per_interface="iif" in flags or "oif" in flags)
-            ]
-    return [OtherMatch(text)]
+            return LocalDestinationMatch(types, negate, text, per_interface="iif" in flags or "oif" in flags)
+    return OtherMatch(text)
 
 
 def _concat_element(keys: list[Any], element: Any, lookups: _Lookups) -> list[Match]:
-    """`ip daddr . tcp dport` against one element `10.0.0.1 . 80`: each part matches its own."""
+    """`ip daddr . tcp dport` against one element `10.0.0.1 . 80`: each part's comparison (the parts'
+    dependencies are the caller's, outside any negation)."""
     values = element.get("concat") if isinstance(element, dict) else None
     if not isinstance(values, list) or len(values) != len(keys):
         raise _ExprError(f"{_show(element)} does not fit the key {_show(keys)}")
     return [
-        m
+        _value_match(key, value, False, f"{_show(key)} {_show(value)}")
         for key, value in zip(keys, values, strict=True)
-        for m in _match({"left": key, "right": value}, lookups)
     ]
 
 
 def _key_matches(key: Any, value: Any, lookups: _Lookups) -> list[Match]:
     """A map's or verdict map's key equal to one element's key."""
     if isinstance(key, dict) and isinstance(key.get("concat"), list):
-        return _concat_element(key["concat"], value, lookups)
+        return [*_dependencies(key), *_concat_element(key["concat"], value, lookups)]
     return _match({"op": "==", "left": key, "right": value}, lookups)
 
 
@@ -236,6 +249,9 @@ def _map_entries(lookup: Any, lookups: _Lookups) -> list[tuple[Any, Any]] | None
 
 
 def _address(value: Any) -> IPAddress:
+    """An address, or the first of a range (`dnat to 10.0.0.1-10.0.0.3`: the kernel picks one of them)."""
+    if isinstance(value, dict) and isinstance(value.get("range"), list) and value["range"]:
+        value = value["range"][0]
     try:
         return ipaddress.ip_address(str(value))
     except ValueError:
@@ -243,9 +259,16 @@ def _address(value: Any) -> IPAddress:
 
 
 def _port(value: Any) -> int:
+    """A port, or the first of a range."""
+    if isinstance(value, dict) and isinstance(value.get("range"), list) and value["range"]:
+        value = value["range"][0]
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
         return value
     raise _ExprError(f"{_show(value)} is not a port")
+
+
+def _is_range(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("range"), list)
 
 
 def _dnat_choices(body: Any, lookups: _Lookups) -> list[tuple[list[Match], Target, str]]:
@@ -259,15 +282,16 @@ def _dnat_choices(body: Any, lookups: _Lookups) -> list[tuple[list[Match], Targe
         # In an `inet` table `dnat ip to` acts on IPv4 packets only; the others go on untouched.
         family = [FamilyMatch(4 if body["family"] == "ip" else 6, f"dnat {body['family']}")]
     addr, port = body.get("addr"), body.get("port")
-    plain_addr, plain_port = addr is None or isinstance(addr, str), port is None or isinstance(port, int)
-    if isinstance(port, dict) and plain_addr:
+    plain_addr = addr is None or isinstance(addr, str) or _is_range(addr)
+    plain_port = port is None or isinstance(port, int) or _is_range(port)
+    if isinstance(port, dict) and not _is_range(port) and plain_addr:
         # `dnat to 10.0.0.1 : tcp dport map { ... }`: the port looked up, the address fixed.
         lookup, fixed = port.get("map"), (_address(addr) if addr is not None else None)
 
         def target(value: Any) -> Target:
             return Target(Action.DNAT, address=fixed, port=_port(value))
 
-    elif isinstance(addr, dict) and plain_port:
+    elif isinstance(addr, dict) and not _is_range(addr) and plain_port:
         # `dnat to tcp dport map { 80 : 10.0.0.1 . 8080 }`: the address (and port) looked up.
         lookup, fixed_port = addr.get("map"), (_port(port) if port is not None else None)
 
@@ -306,6 +330,7 @@ _PASSING = frozenset(
      "flow", "secmark", "ct helper", "ct timeout", "ct expectation", "synproxy"}
 )  # fmt: skip
 _REWRITTEN_FIELDS = frozenset({"daddr", "dport"})
+_PASSING_XT_TARGETS = frozenset({"MARK", "CONNMARK", "LOG", "NFLOG", "MASQUERADE", "SNAT", "TRACE", "CT"})
 
 
 def _rule(
@@ -374,7 +399,9 @@ def _statement(
         entries = _map_entries(body, lookups)
         shown = " ".join([*words, f"{_show(body.get('key'))} vmap"])
         if entries is None:
-            raise _ExprError(f"vmap {_show(body.get('data'))}: no such map in this table")
+            raise _ExprError(
+                f"vmap {_show(body.get('data'))}: a map this listing does not show the elements of"
+            )
         return [
             (
                 matches + _key_matches(body.get("key"), k, lookups),
@@ -386,8 +413,13 @@ def _statement(
     if kind == "xt" and isinstance(body, dict):
         name = str(body.get("name"))
         if body.get("type") == "target":
-            action = {"DNAT": Action.DNAT, "REDIRECT": Action.REDIRECT}.get(name, Action.CONTINUE)
-            return [(matches, Target(action), " ".join([*words, f"xt target {name}"]))]
+            # nft shows an iptables target without its options: a DNAT's destination is not in the listing
+            # (it may be a no-op, or the service's own endpoint), so what it does is unknown.
+            harmless = name in _PASSING_XT_TARGETS
+            target = (
+                Target(Action.CONTINUE) if harmless else Target(Action.UNKNOWN, why=f"iptables target {name}")
+            )
+            return [(matches, target, " ".join([*words, f"xt target {name}"]))]
         matches.append(OtherMatch(f"xt match {name}"))
         words.append(f"xt match {name}")
         return None
@@ -396,8 +428,10 @@ def _statement(
         payload = key.get("payload") if isinstance(key, dict) else None
         field = payload.get("field") if isinstance(payload, dict) else None
         if isinstance(field, str) and field in _REWRITTEN_FIELDS:
-            # A stateless rewrite of the destination: IPVS never sees the address it was sent to.
-            raise _ExprError(f"{_show(key)} set {_show(body.get('value'))}")
+            # A stateless rewrite of the destination, in any chain: IPVS never sees the address it was sent
+            # to. Where it goes the doctor does not follow: it may take the traffic.
+            why = f"{_show(key)} set {_show(body.get('value'))}"
+            return [(matches, Target(Action.UNKNOWN, why=why, stateless=True), " ".join([*words, why]))]
         words.append("mangle")
         return None
     if kind in _PASSING:
@@ -465,6 +499,8 @@ def parse_nft_json(text: str, source: str) -> list[Table]:
                 tuple(rules.get((family, name, chain_name), ())),
                 hook=str(info["hook"]) if info.get("hook") else None,
                 nat=info.get("type") == "nat",
+                priority=info["prio"] if isinstance(info.get("prio"), int) else -100,
+                policy=str(info.get("policy", "accept")),
             )
             for chain_name, info in chains.items()
         }

@@ -41,6 +41,9 @@ class Packet:
     # Membership in kube-proxy's IP sets as far as it can be told (KUBE-CLUSTER-IP: ClusterIP,proto:port).
     sets: Mapping[str, Truth] = field(default_factory=dict)
     hook: str | None = None  # set by the walk: the hook whose chain is being judged
+    # nf_tables compares a missing interface's name as "" since Linux 5.3 (before, the rule never matched,
+    # negated or not: NFT_BREAK); iptables-legacy always compared "".
+    nft_empty_interface: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +100,9 @@ class FamilyMatch:
         return truth(packet.family == self.family)
 
 
-# A packet at these hooks has no such interface: the kernel compares the name with "" (iptables' -i/-o and
-# nft's iifname/oifname alike), so `-i docker0` cannot match a locally generated packet and `! -i docker0`
-# always does.
+# A packet at these hooks has no such interface: the kernel compares the name with "" (xt's -i/-o always,
+# nft's iifname/oifname since 5.3), so `-i docker0` cannot match a locally generated packet and
+# `! -i docker0` always does.
 _NO_INTERFACE = {"in": frozenset({"output"}), "out": frozenset({"prerouting"})}
 
 
@@ -109,13 +112,19 @@ class InterfaceMatch:
     names: tuple[str, ...]  # as written; iptables' `+` and nft's `*` end a prefix
     negate: bool
     text: str
+    nft: bool = True  # judged by nf_tables (nftables, iptables-nft, or a backend nothing names)
 
     def evaluate(self, packet: Packet) -> Truth:
         if packet.hook not in _NO_INTERFACE[self.direction]:
             return Truth.MAYBE
         # An empty prefix (`-i +`, `iifname "*"`) matches every name, the empty one included.
         empty = any(name in ("+", "*") for name in self.names)
-        return truth(empty).negated(self.negate)
+        compared = truth(empty).negated(self.negate)
+        if self.nft and not packet.nft_empty_interface:
+            # Before 5.3 nf_tables ends the rule here (NFT_BREAK): no match, negated or not. Which kernel
+            # this is not known, only what fails on both is sure.
+            return Truth.FALSE if compared is Truth.FALSE else Truth.MAYBE
+        return compared
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +225,7 @@ class Target:
     address: IPAddress | None = None  # DNAT
     port: int | None = None  # DNAT (None: unchanged), REDIRECT
     why: str = ""  # UNKNOWN: what could not be read
+    stateless: bool = False  # UNKNOWN: a payload rewrite of the destination (nft's `tcp dport set 8080`)
 
     def destination(self) -> str:
         if self.action is Action.UNKNOWN:
@@ -243,6 +253,10 @@ class Chain:
     rules: tuple[Rule, ...]
     hook: str | None = None  # prerouting, output, ... for a base chain
     nat: bool = False  # a base chain of type nat (every chain of iptables' nat table is)
+    # Base chains at one hook run in this order (lowest first); iptables' nat table sits at -100
+    # (NF_IP_PRI_NAT_DST), as nft's `dstnat` does.
+    priority: int = -100
+    policy: str = "accept"  # what a packet that runs off a base chain gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +268,8 @@ class Table:
     source: str  # the file or command it came from
     # iptables-nft's table as `nft -j` lists it: its xt matches and targets show no details.
     opaque: bool = False
+    # A save dump without its header and with nothing in it to tell the family: read as both, never certain.
+    family_guessed: bool = False
 
     def families(self) -> tuple[int, ...]:
         return {"ip": (4,), "ip6": (6,), "inet": (4, 6)}.get(self.family, ())

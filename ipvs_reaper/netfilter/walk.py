@@ -126,7 +126,9 @@ class _Walker:
             if action in TERMINAL:
                 self.found.append(Outcome(self.table, self.hook, here, (*self.unless, *needs)))
                 if needs:
-                    self.unless.append(_unless(rule, unsure or needs, action.value))
+                    # What decided whether it applied: its own matches, or those of the jumps that led here.
+                    decisive = unsure or tuple(c for c in needs if not c.startswith("unless "))
+                    self.unless.append(_unless(rule, decisive, action.value))
                 if result is Truth.TRUE:
                     return _End.FELL_THROUGH if partial else _End.STOPPED
             elif action in (Action.JUMP, Action.GOTO):
@@ -156,26 +158,45 @@ class ChainWalk:
     reaches one of them (it cannot run off the end of the chain and go on untranslated)."""
 
     hook: str
+    chain_table: Table
+    chain: Chain
     outcomes: tuple[Outcome, ...]
     ends_in_one: bool
 
+    @property
+    def may_drop(self) -> bool:
+        """Some packet may be dropped: a DROP on its way, or the policy for one that runs off the chain."""
+        dropped = any(o.rule.target.action is Action.DROP for o in self.outcomes)
+        return dropped or (self.chain.policy == "drop" and not self.ends_in_one)
+
     def surely_rewritten(self) -> bool:
         """Whichever way the unjudgeable matches go, the packet is rewritten."""
+        if self.chain_table.family_guessed:
+            return False
         return self.ends_in_one and bool(self.outcomes) and all(o.rewrites for o in self.outcomes)
 
 
 def walk_chains(tables: Iterable[Table], packet: Packet) -> Iterator[ChainWalk]:
     """The packet through each nat base chain at PREROUTING and OUTPUT; a chain's walk ends at its first
-    certain terminal rule."""
+    certain terminal rule. Other base chains at those hooks (filter, route) can only rewrite statelessly
+    (`ip daddr set`): their walks keep those rules alone, each possible at most."""
     for table in tables:
         if packet.family not in table.families():
             continue
         for chain in table.chains.values():
-            if chain.nat and chain.hook in NAT_HOOKS:
+            if not chain.nat and chain.hook in NAT_HOOKS and chain.hook is not None:
                 at_hook = replace(packet, hook=chain.hook)
                 walker = _Walker(table, chain.hook, at_hook)
-                end = walker.chain(chain, (), ())
-                yield ChainWalk(chain.hook, tuple(walker.found), end is _End.STOPPED)
+                walker.chain(chain, (), ())
+                rewrites = tuple(o for o in walker.found if o.rule.target.stateless)
+                if rewrites:
+                    yield ChainWalk(chain.hook, table, chain, rewrites, False)
+            elif chain.nat and chain.hook in NAT_HOOKS:
+                at_hook = replace(packet, hook=chain.hook)
+                walker = _Walker(table, chain.hook, at_hook)
+                doubt = (f"if {table.source} is IPv{packet.family} rules (no header says)",)
+                end = walker.chain(chain, (), doubt if table.family_guessed else ())
+                yield ChainWalk(chain.hook, table, chain, tuple(walker.found), end is _End.STOPPED)
 
 
 def walk(tables: Iterable[Table], packet: Packet) -> Iterator[Outcome]:

@@ -6,6 +6,7 @@ results share (/run/ipvs-vm/dumps); copy them to tests/netfilter/dumps/. Every f
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from tests.netfilter import constructs
 from tests.netfilter.portmap import JUMP_RESTRICTED, ORPHAN, SCENE, SCENE6, iptables_restore, nft_script
 
-OUT = Path("/run/ipvs-vm/dumps")
+OUT = Path(os.environ.get("CAPTURE_OUT", "/run/ipvs-vm/dumps"))
 CLUSTER_IP_SET = (
     "10.96.0.20,tcp:3306", "10.96.0.30,tcp:80", "10.96.0.10,udp:53", "10.96.0.40,tcp:5432",
     "10.96.0.60,tcp:8080", "10.96.0.50,tcp:9100", "10.96.0.70,tcp:6379", "10.96.0.80,tcp:11211",
@@ -61,10 +62,23 @@ def capture_constructs() -> None:
     sh("ip6tables-legacy-restore", "--noflush", stdin=constructs.KUBE_PROXY6_IPTABLES)
     save("kube-proxy6.ip6tables-legacy-save", sh("ip6tables-legacy-save", "-t", "nat"))
     clear()
+    for name, (tool, rules) in constructs.EDGE_CASES.items():
+        if tool == "nft":
+            sh("nft", "-f", "-", stdin=rules)
+            printed = sh("nft", "-j", "list", "ruleset")
+        else:
+            sh(f"{tool}-restore", "--noflush", stdin=rules)
+            printed = sh(f"{tool}-save", "-t", "nat")
+        save(f"edge-{name}.{constructs.EDGE_SUFFIX[tool]}", printed)
+        clear()
 
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["--constructs"]:
+        sh("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+        capture_constructs()
+        return 0
     sh("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
     for member in CLUSTER_IP_SET:
         sh("ipset", "add", "KUBE-CLUSTER-IP", member)

@@ -124,3 +124,150 @@ KUBE_PROXY6_IPTABLES = """*nat
 COMMIT
 """
 KUBE_PROXY6_SET = ("KUBE-6-CLUSTER-IP", f"{MYSQL_B6},tcp:3306")
+
+# Corner cases of netfilter's semantics (each proved against a kernel by a review): name -> (tool, rules).
+# The tests say what each one must give; comments here say why.
+EDGE_CASES: dict[str, tuple[str, str]] = {
+    # `ip daddr != @set` in an inet table carries an implicit "IPv4 only": an IPv6 packet never matches.
+    "empty-set": (
+        "nft",
+        """table inet t {
+    set excl { type ipv4_addr; }
+    chain out {
+        type nat hook output priority -100; policy accept;
+        ip daddr != @excl tcp dport 80 redirect to :8080
+    }
+}
+""",
+    ),
+    # A negated concatenation keeps its dependencies (IPv4, TCP) outside the negation.
+    "concat-negated": (
+        "nft",
+        """table inet t {
+    chain out {
+        type nat hook output priority -100; policy accept;
+        ip daddr . tcp dport != { 10.0.0.1 . 80 } redirect to :8080
+    }
+}
+""",
+    ),
+    # An earlier nat chain's DROP, or its no-op DNAT, ends the hook before the hostPort's DNAT.
+    "drop-first": (
+        "nft",
+        """table ip guard {
+    chain out {
+        type nat hook output priority -150; policy accept;
+        tcp dport 80 drop
+    }
+}
+table ip hp {
+    chain out {
+        type nat hook output priority -100; policy accept;
+        tcp dport 80 dnat to 10.244.1.1:8080
+    }
+}
+""",
+    ),
+    "noop-first": (
+        "nft",
+        """table ip first {
+    chain out {
+        type nat hook output priority -150; policy accept;
+        tcp dport 80 dnat to :80
+    }
+}
+table ip hp {
+    chain out {
+        type nat hook output priority -100; policy accept;
+        tcp dport 80 dnat to 10.244.1.1:8080
+    }
+}
+""",
+    ),
+    # A stateless rewrite in a filter chain takes the datagram to another port before IPVS sees it.
+    "stateless": (
+        "nft",
+        """table ip raw {
+    chain out {
+        type filter hook output priority -300; policy accept;
+        udp dport 53 udp dport set 8080
+    }
+}
+""",
+    ),
+    # Ranges in a DNAT: the kernel picks one of them; each is elsewhere.
+    "ranges": (
+        "nft",
+        """table ip t {
+    chain out {
+        type nat hook output priority -100; policy accept;
+        tcp dport 80 dnat to 10.244.1.1:8080-8081
+        tcp dport 81 dnat to 10.244.1.1-10.244.1.2:8080
+    }
+}
+""",
+    ),
+    # kube-proxy's set looked up by destination address and *source* port is not its ClusterIP lookup.
+    "set-dst-src": (
+        "iptables-legacy",
+        """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:HP - [0:0]
+-A OUTPUT -j HP
+-A HP -p tcp -m set ! --match-set KUBE-CLUSTER-IP dst,src -j DNAT --to-destination 10.244.1.1:8080
+COMMIT
+""",
+    ),
+    # A comment that looks like an option (printed unquoted).
+    "comment-dash": (
+        "iptables-legacy",
+        """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:HP - [0:0]
+-A OUTPUT -j HP
+-A HP -p tcp -m tcp --dport 80 -m comment --comment "-p" -j DNAT --to-destination 10.244.1.1:8080
+COMMIT
+""",
+    ),
+    # IPv6 ranges, with and without brackets.
+    "v6-ranges": (
+        "ip6tables-legacy",
+        """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A OUTPUT -p tcp --dport 80 -j DNAT --to-destination [fd00::5-fd00::6]:8080
+-A OUTPUT -p tcp --dport 81 -j DNAT --to-destination fd00::5-fd00::6
+COMMIT
+""",
+    ),
+    # Interface matches on OUTPUT through nf_tables (iptables-nft): certain only on a kernel that compares a
+    # missing interface as "" (5.3 on).
+    "interfaces": (
+        "iptables-nft",
+        """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:X - [0:0]
+-A OUTPUT -j X
+-A X -i eth1 -p tcp --dport 80 -j DNAT --to-destination 10.244.1.1:8080
+-A X ! -i docker0 -p tcp --dport 82 -j DNAT --to-destination 10.244.1.1:8080
+COMMIT
+""",
+    ),
+}
+EDGE_SUFFIX = {
+    "nft": "nft-ruleset.json",
+    "iptables-legacy": "iptables-legacy-save",
+    "ip6tables-legacy": "ip6tables-legacy-save",
+    "iptables-nft": "iptables-nft-save",
+}
