@@ -54,10 +54,10 @@ LABEL org.opencontainers.image.title="ipvs-reaper" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/ipvs-reaper/ipvs-reaper" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
-# The interpreter, and the save tools of both iptables backends and nft, which the doctor runs to read the
-# node's NAT rules (it never changes them): no compilers, no pip, no apt lists.
+# The interpreter, and the save tools of both iptables backends, nft and ipset, which the doctor runs to read
+# the node's NAT rules and kube-proxy's IP sets (it never changes them): no compilers, no pip, no apt lists.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 iptables nftables \
+    && apt-get install -y --no-install-recommends python3 iptables nftables ipset \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
 COPY --from=build /opt/ipvs-reaper /opt/ipvs-reaper
 # The bundled example, for `ipvs-reaper scan` without a cluster (README: Quick start).

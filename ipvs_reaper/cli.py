@@ -15,7 +15,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from ipvs_reaper.kernel.facts import KernelFacts, facts_from_input, parse_sysctl
 from ipvs_reaper.kernel.sysctl import ProcSysctls, SysctlError, Sysctls
 from ipvs_reaper.logs import configure_logging
 from ipvs_reaper.mapping import services_without_slices
+from ipvs_reaper.netfilter.ipsets import parse_ipset_save
 from ipvs_reaper.netfilter.sources import RuleSources, read_live_rules, read_rule_files
 from ipvs_reaper.planner import Plan, PolicyChoice, SweepInputs, plan_sweep
 from ipvs_reaper.report import ScanReport, results_json, results_table, scan_json, scan_table
@@ -150,6 +151,13 @@ def _add_doctor_inputs(parser: argparse.ArgumentParser) -> None:
         help="the node's `nft -j list ruleset` output; repeatable (default: run nft on this node)",
     )
     parser.add_argument(
+        "--ipset-save",
+        metavar="FILE|-",
+        help="the node's `ipset save` output: the members of kube-proxy's sets as the kernel has them "
+        "(default: run ipset on this node; with rule files and without this, the sets are judged from the "
+        "cluster state)",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         choices=["table", "json"],
@@ -242,6 +250,7 @@ def _check_stdin(args: argparse.Namespace) -> None:
             ("--node-addresses", args.node_addresses),
             *(("--iptables-save", path) for path in getattr(args, "iptables_save", ())),
             *(("--nft-ruleset", path) for path in getattr(args, "nft_ruleset", ())),
+            *((("--ipset-save", args.ipset_save),) if getattr(args, "ipset_save", None) else ()),
         )
         if value == STDIN
     ]
@@ -416,11 +425,13 @@ def _doctor_view(args: argparse.Namespace, node_access: NodeAccess) -> NodeView:
         facts = read_live_facts(node_access.sysctls, node_access.proc_kernel)
         inputs = NodeInputs(IpvsTable((), ()), facts, (), None)
     if args.iptables_save or args.nft_ruleset:
-        rules = read_rule_files(args.iptables_save, args.nft_ruleset)
+        rules = read_rule_files(args.iptables_save, args.nft_ruleset, args.ipset_save)
     elif args.ipvs_table:
         rules = RuleSources((), ("no --iptables-save or --nft-ruleset given with --ipvs-table",), False)
     else:
         rules = read_live_rules()
+        if args.ipset_save:
+            rules = replace(rules, ipsets=parse_ipset_save(read_input_text(args.ipset_save), args.ipset_save))
     config = load_config(args.config) if args.config else Config()
     return NodeView(
         _node_name(args),

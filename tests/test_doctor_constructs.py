@@ -21,10 +21,12 @@ from ipvs_reaper.doctor.findings import Finding, Kind, Severity
 from ipvs_reaper.doctor.hostports import Names
 from ipvs_reaper.doctor.hostports import hijacks as hijacks_of
 from ipvs_reaper.doctor.report import DoctorReport, metrics_view
+from ipvs_reaper.errors import InputError
+from ipvs_reaper.netfilter.ipsets import parse_ipset_save
 from ipvs_reaper.netfilter.iptables_save import parse_iptables_save
 from ipvs_reaper.netfilter.nft_json import parse_nft_json
 from ipvs_reaper.netfilter.rules import Truth
-from ipvs_reaper.netfilter.sources import RuleSources
+from ipvs_reaper.netfilter.sources import RuleSources, read_live_ipsets
 from ipvs_reaper.values import IpvsTable, Protocol, VirtualKey, VirtualService
 from tests import builders
 from tests.netfilter.constructs import MYSQL_B6, POSTGRES6
@@ -409,3 +411,53 @@ def test_a_save_dump_without_its_header_takes_its_family_from_its_addresses() ->
         "10.96.0.1:80": "possible",
         "[fd00::1]:80": "possible",
     }
+
+
+def test_the_nodes_own_ip_sets_decide_kube_proxys_guard_not_the_cluster_state() -> None:
+    """kube-proxy's ACCEPT for KUBE-CLUSTER-IP members protects only what the set holds now. The cluster state
+    says what kube-proxy means to put there; a set that lags it (kube-proxy not synced yet, or not running)
+    leaves db/mysql-b's ClusterIP to the hostPort, and the kernel sends it there. `ipset save` is the truth:
+    read on the node, or given as --ipset-save."""
+    tables = rules_from("kube-proxy-first.iptables-legacy-save").tables
+    for dump, expected in (
+        ("kube-proxy.ipset-save", {}),
+        ("kube-proxy-lagging.ipset-save", {"10.96.0.20:3306": ("certain", BOTH, BOTH)}),
+    ):
+        ipsets = parse_ipset_save((DUMPS / dump).read_text(), dump)
+        assert summary(doctor(RuleSources(tables, (), True, ipsets))) == expected, dump
+    # Without the node's sets, the cluster state's model: protected.
+    assert summary(doctor(RuleSources(tables, (), True))) == {}
+
+
+def test_ipset_save_is_read_and_bad_lines_are_named() -> None:
+    ipsets = parse_ipset_save((DUMPS / "kube-proxy.ipset-save").read_text(), "sets")
+    cluster = ipsets["KUBE-CLUSTER-IP"]
+    assert (cluster.kind, cluster.family, len(cluster.members)) == ("hash:ip,port", 4, 8)
+    assert (ipaddress.ip_address("10.96.0.10"), "udp", 53) in cluster.members
+    with pytest.raises(InputError, match="sets: line 2: 'x' is not address,protocol:port"):
+        parse_ipset_save("create S hash:ip,port family inet\nadd S x\n", "sets")
+    with pytest.raises(InputError, match="sets: line 1: expected `create` or `add`"):
+        parse_ipset_save("hello\n", "sets")
+
+
+def test_live_ip_sets_are_read_only_when_the_module_is_loaded(tmp_path: Path) -> None:
+    """Asking ipset would load ip_set on a node that has none: without the module there is no set at all."""
+    (tmp_path / "module").mkdir()
+    assert read_live_ipsets(tmp_path / "module" / "ip_set") == ({}, None)
+    ipsets, why = read_live_ipsets(tmp_path / "no-sysfs" / "ip_set")
+    assert ipsets is None and why is not None and "cluster" in why
+
+
+def test_cli_reads_ipset_save(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "cluster.json"
+    state.write_text(json.dumps({"kind": "List", "items": cluster_items()}))
+    argv = ["doctor", "--node-name", NODE, "--cluster-state", str(state), "-o", "json"]
+    argv += ["--iptables-save", str(DUMPS / "kube-proxy-first.iptables-legacy-save")]
+
+    def hijacked(ipsets: str) -> list[tuple[str, str]]:
+        main([*argv, "--ipset-save", str(DUMPS / ipsets)], _access(tmp_path))
+        found = json.loads(capsys.readouterr().out)["findings"]
+        return [(f["address"], f["certainty"]) for f in found if f["kind"] == "hijack"]
+
+    assert hijacked("kube-proxy.ipset-save") == []
+    assert hijacked("kube-proxy-lagging.ipset-save") == [("10.96.0.20:3306", "certain")]

@@ -355,7 +355,7 @@ class Agent:
         if rules.notes != self._rule_notes:
             # Some tool missing or failing (legacy iptables without NET_RAW...): the check is partial.
             for note in rules.notes:
-                log.warning("doctor: %s; its rules are not checked", note)
+                log.warning("doctor: %s", note)
             self._rule_notes = rules.notes
         try:
             # Beside a reconcile, as kube-proxy reads beside us: a table read changes nothing.
@@ -367,7 +367,9 @@ class Agent:
         cluster = self.cache.snapshot() if self.cache.ready else None
         names = Names(cluster, self.options.node_name, None if cluster else "no complete listing yet")
         try:
-            findings = await asyncio.to_thread(hijacks, rules.tables, table, names, self._kernel_release)
+            findings = await asyncio.to_thread(
+                hijacks, rules.tables, table, names, self._kernel_release, rules.ipsets
+            )
         except WalkTooLong as error:
             if str(error) != self._rules_unreadable:
                 log.error("doctor: %s", error)

@@ -119,7 +119,7 @@ def diagnose(
     names = Names(indexed, view.node, names_unavailable)
     tables = view.rules.tables
     findings: list[Finding] = [
-        *hijacks(tables, view.table, names, view.facts.release),
+        *hijacks(tables, view.table, names, view.facts.release, view.rules.ipsets),
         *well_known_ports(tables, names),
     ]
     if not view.rules.read_any:

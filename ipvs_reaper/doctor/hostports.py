@@ -8,11 +8,12 @@ packet would be; a DNAT or REDIRECT on its way is a hijack."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ipvs_reaper.cluster.model import ClusterState
 from ipvs_reaper.doctor.findings import Evidence, Finding, Kind, Severity
 from ipvs_reaper.mapping import ClusterIndex, FrontKind
+from ipvs_reaper.netfilter.ipsets import IpSet
 from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth, truth
 from ipvs_reaper.netfilter.walk import ChainWalk, Outcome, walk, walk_chains
 from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, VirtualKey, format_endpoint
@@ -147,10 +148,28 @@ def nft_empty_interface(release: str | None) -> bool:
     return found is not None and (int(found[1]), int(found[2])) >= (5, 3)
 
 
+def _kernel_sets(ipsets: Mapping[str, IpSet], key: VirtualKey) -> dict[str, Truth]:
+    """Membership in the node's own `hash:ip,port` sets of the key's family: the kernel's answer."""
+    if key.address is None:
+        return {}
+    member = (key.address, key.protocol.value.lower(), key.port)
+    return {
+        s.name: truth(member in s.members)
+        for s in ipsets.values()
+        if s.kind == "hash:ip,port" and s.family == key.family
+    }
+
+
 def hijacks(
-    tables: Sequence[Table], table: IpvsTable, names: Names, kernel_release: str | None = None
+    tables: Sequence[Table],
+    table: IpvsTable,
+    names: Names,
+    kernel_release: str | None = None,
+    ipsets: Mapping[str, IpSet] | None = None,
 ) -> list[Finding]:
-    """A finding for each virtual service whose traffic a DNAT or REDIRECT can take before IPVS sees it."""
+    """A finding for each virtual service whose traffic a DNAT or REDIRECT can take before IPVS sees it.
+    `ipsets`: the node's IP sets when read; their members decide kube-proxy's set matches (the cluster state
+    only says what kube-proxy means to put there, and the sets lag it)."""
     empty_interface = nft_empty_interface(kernel_release)
     findings = []
     backends_of: dict[VirtualKey, set[tuple[IPAddress | None, int | None]]] = {}
@@ -166,7 +185,7 @@ def hijacks(
             key.protocol.value.lower(),
             key.port,
             key.address,
-            names.set_membership(key),
+            {**names.set_membership(key), **(_kernel_sets(ipsets, key) if ipsets is not None else {})},
             nft_empty_interface=empty_interface,
         )
         backends = backends_of.get(key, set())

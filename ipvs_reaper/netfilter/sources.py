@@ -4,11 +4,13 @@ live node (reading only: the tools list tables that exist and load nothing), or 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ipvs_reaper.errors import InputError
 from ipvs_reaper.input_text import read_input_text, source_name
+from ipvs_reaper.netfilter.ipsets import IpSet, parse_ipset_save
 from ipvs_reaper.netfilter.iptables_save import parse_iptables_save
 from ipvs_reaper.netfilter.nft_json import parse_nft_json
 from ipvs_reaper.netfilter.rules import Table
@@ -16,6 +18,7 @@ from ipvs_reaper.netfilter.rules import Table
 # Without `-t nat`: naming a table makes the legacy tool load its module, and the doctor only reads.
 _SAVE_TOOLS = ("iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save")
 _NFT = ("nft", "-j", "list", "ruleset")
+_IPSET = ("ipset", "save")
 _TIMEOUT_SECONDS = 20
 
 
@@ -24,6 +27,8 @@ class RuleSources:
     tables: tuple[Table, ...]
     notes: tuple[str, ...]  # what could not be read, and why
     read_any: bool  # at least one source answered
+    # The node's IP sets (`ipset save`), when read: their members, not the cluster state's, decide a rule.
+    ipsets: Mapping[str, IpSet] | None = None
 
 
 def _without_duplicates(tables: list[Table]) -> list[Table]:
@@ -56,31 +61,58 @@ def read_live_rules() -> RuleSources:
     for tool in _SAVE_TOOLS:
         output, failure = _run([tool])
         if failure is not None:
-            notes.append(failure)
+            notes.append(f"{failure}; its rules are not checked")
             continue
         try:
             tables.extend(parse_iptables_save(output or "", tool))
         except InputError as error:
-            notes.append(f"cannot read what {tool} printed: {error}")
+            notes.append(f"cannot read what {tool} printed: {error}; its rules are not checked")
             continue
         read_any = True
     output, failure = _run(_NFT)
     if failure is not None:
-        notes.append(failure)
+        notes.append(f"{failure}; its rules are not checked")
     else:
         try:
             tables.extend(parse_nft_json(output or '{"nftables": []}', "nft -j"))
             read_any = True
         except InputError as error:
-            notes.append(f"cannot read what nft printed: {error}")
-    return RuleSources(tuple(_without_duplicates(tables)), tuple(notes), read_any)
+            notes.append(f"cannot read what nft printed: {error}; its rules are not checked")
+    ipsets, failure = read_live_ipsets()
+    if failure is not None:
+        notes.append(failure)
+    return RuleSources(tuple(_without_duplicates(tables)), tuple(notes), read_any, ipsets)
 
 
-def read_rule_files(iptables_save: Sequence[str], nft_ruleset: Sequence[str]) -> RuleSources:
+def read_live_ipsets(
+    loaded: Path = Path("/sys/module/ip_set"),
+) -> tuple[Mapping[str, IpSet] | None, str | None]:
+    """(the node's IP sets, None), or (None, why not: kube-proxy's sets are then judged from the cluster
+    state). No set at all when the ip_set module is not loaded: asking would load it, and the doctor only
+    reads."""
+    if not loaded.parent.is_dir():
+        return None, "no /sys/module to tell whether IP sets exist: kube-proxy's sets judged from the cluster"
+    if not loaded.exists():
+        return {}, None
+    output, failure = _run(_IPSET)
+    if failure is not None:
+        return None, f"{failure}: kube-proxy's IP sets judged from the cluster state"
+    try:
+        return parse_ipset_save(output or "", "ipset save"), None
+    except InputError as error:
+        return None, f"cannot read what ipset printed ({error}): kube-proxy's IP sets judged from the cluster"
+
+
+def read_rule_files(
+    iptables_save: Sequence[str], nft_ruleset: Sequence[str], ipset_save: str | None = None
+) -> RuleSources:
     """Captured files; InputError names a file that cannot be read."""
     tables: list[Table] = []
     for path in iptables_save:
         tables.extend(parse_iptables_save(read_input_text(path), source_name(path)))
     for path in nft_ruleset:
         tables.extend(parse_nft_json(read_input_text(path), source_name(path)))
-    return RuleSources(tuple(_without_duplicates(tables)), (), True)
+    ipsets = None
+    if ipset_save is not None:
+        ipsets = parse_ipset_save(read_input_text(ipset_save), source_name(ipset_save))
+    return RuleSources(tuple(_without_duplicates(tables)), (), True, ipsets)

@@ -48,6 +48,9 @@ def seeds(target: str) -> list[bytes]:
                 "kube-proxy6.ip6tables-legacy-save",
             )
         ],
+        "ipset_save": [
+            (dumps / n).read_bytes() for n in ("kube-proxy.ipset-save", "kube-proxy-lagging.ipset-save")
+        ],
         "nft_ruleset": [
             (dumps / n).read_bytes()
             for n in (

@@ -24,6 +24,7 @@ from ipvs_reaper.errors import InputError
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.kernel.addresses import parse_node_addresses
 from ipvs_reaper.kernel.facts import parse_sysctl_text
+from ipvs_reaper.netfilter.ipsets import parse_ipset_save
 from ipvs_reaper.netfilter.iptables_save import parse_iptables_save
 from ipvs_reaper.netfilter.nft_json import parse_nft_json
 from ipvs_reaper.netfilter.rules import Packet, Table, Truth
@@ -164,6 +165,11 @@ def iptables_save(data: bytes) -> None:
         _walk_all(parse_iptables_save(_text(data), "fuzz"))
 
 
+def ipset_save(data: bytes) -> None:
+    with contextlib.suppress(InputError):
+        parse_ipset_save(_text(data), "fuzz")
+
+
 def nft_ruleset(data: bytes) -> None:
     with contextlib.suppress(InputError):
         _walk_all(parse_nft_json(_text(data), "fuzz"))
@@ -180,4 +186,5 @@ TARGETS: dict[str, Target] = {
     "first_seen_file": first_seen_file,
     "iptables_save": iptables_save,
     "nft_ruleset": nft_ruleset,
+    "ipset_save": ipset_save,
 }

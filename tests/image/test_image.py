@@ -200,6 +200,7 @@ def test_the_doctor_and_its_tools(image: Path) -> None:
     for tool in ("iptables-legacy-save", "iptables-nft-save", "ip6tables-legacy-save", "ip6tables-nft-save"):
         assert in_image(image, "--version", program=f"/usr/sbin/{tool}").returncode == 0, tool
     assert in_image(image, "--version", program="/usr/sbin/nft").returncode == 0
+    assert in_image(image, "version", program="/usr/sbin/ipset").returncode == 0
     examples = "/usr/share/ipvs-reaper/examples"
     dump = (ROOT / "tests" / "netfilter" / "dumps" / "portmap.iptables-legacy-save").read_text()
     result = in_image(

@@ -109,12 +109,17 @@ class GuestSession:
                 command,
                 cwd=ROOT,
                 results=results,
-                env={ENVIRONMENT: self.variant.value},
+                env={ENVIRONMENT: self.variant.value, **forwarded_environment()},
             )
         except VmError as error:
             self.error = str(error)
             return
         self.results = read_guest_report(results / REPORT_NAME)
+
+
+def forwarded_environment() -> dict[str, str]:
+    """The host's settings for the guest's tests (the differential test's count and first seed)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("IPVS_REAPER_DIFFERENTIAL_")}
 
 
 GUEST_SESSIONS = pytest.StashKey[dict[Variant, GuestSession]]()

@@ -40,8 +40,18 @@ def clear() -> None:
     sh("nft", "flush", "ruleset")
 
 
+def capture_ipsets() -> None:
+    """kube-proxy's KUBE-CLUSTER-IP as `ipset save` prints it: in step with the scene's Services, and lagging
+    behind them (db/mysql-b's ClusterIP not yet in it: kube-proxy not synced, or not running)."""
+    save("kube-proxy.ipset-save", sh("ipset", "save"))
+    sh("ipset", "del", "KUBE-CLUSTER-IP", "10.96.0.20,tcp:3306")
+    save("kube-proxy-lagging.ipset-save", sh("ipset", "save"))
+    sh("ipset", "add", "KUBE-CLUSTER-IP", "10.96.0.20,tcp:3306")
+
+
 def capture_constructs() -> None:
     """tests/netfilter/constructs.py's rule sets, each through the tool it is written for."""
+    capture_ipsets()
     clear()
     sh("nft", "-f", "-", stdin=constructs.MAPS_NFT)
     save("maps.nft-ruleset.json", sh("nft", "-j", "list", "ruleset"))
@@ -77,6 +87,8 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if sys.argv[1:] == ["--constructs"]:
         sh("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+        for member in CLUSTER_IP_SET:
+            sh("ipset", "add", "KUBE-CLUSTER-IP", member)
         capture_constructs()
         return 0
     sh("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")

@@ -57,12 +57,17 @@ MODULES = (
     ("ip6table_nat", ""),
     ("nft_fib_ipv6", ""),
     ("ip_set_hash_ipport", ""),
+    # The doctor's differential test: nft's inet tables and redirect, iptables' REDIRECT (a module the
+    # kernel cannot load by itself in the guest: the host's /lib/modules is not this kernel's).
+    ("nft_fib_inet", ""),
+    ("nft_redir", ""),
+    ("xt_REDIRECT", ""),
     # No stray dummy0: the tests create exactly the dummy devices they want.
     ("dummy", "numdummies=0"),
 )
 
 # Bump when the initramfs layout changes in a way the cache key (kernel version, init.sh) would not notice.
-LAYOUT_VERSION = "5"
+LAYOUT_VERSION = "6"
 
 
 @dataclass(frozen=True)
