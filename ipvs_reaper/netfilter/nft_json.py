@@ -517,5 +517,6 @@ def parse_nft_json(text: str, source: str) -> list[Table]:
                 f"{source}: table {family} {name}: chain {loop[0]} jumps back to itself ({' -> '.join(loop)})"
             )
         backend = "iptables-nft" if iptables_made else "nftables"
-        tables.append(Table(backend, family, name, made, source, opaque=iptables_made))
+        stateless = any(r.target.stateless for c in made.values() for r in c.rules)
+        tables.append(Table(backend, family, name, made, source, opaque=iptables_made, stateless=stateless))
     return tables

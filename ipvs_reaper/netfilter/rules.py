@@ -270,6 +270,8 @@ class Table:
     opaque: bool = False
     # A save dump without its header and with nothing in it to tell the family: read as both, never certain.
     family_guessed: bool = False
+    # Some rule rewrites a destination statelessly (`tcp dport set`): its non-nat base chains are walked too.
+    stateless: bool = False
 
     def families(self) -> tuple[int, ...]:
         return {"ip": (4,), "ip6": (6,), "inet": (4, 6)}.get(self.family, ())

@@ -184,7 +184,7 @@ def walk_chains(tables: Iterable[Table], packet: Packet) -> Iterator[ChainWalk]:
         if packet.family not in table.families():
             continue
         for chain in table.chains.values():
-            if not chain.nat and chain.hook in NAT_HOOKS and chain.hook is not None:
+            if not chain.nat and table.stateless and chain.hook in NAT_HOOKS and chain.hook is not None:
                 at_hook = replace(packet, hook=chain.hook)
                 walker = _Walker(table, chain.hook, at_hook)
                 walker.chain(chain, (), ())
