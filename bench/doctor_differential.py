@@ -3,7 +3,7 @@ in the throwaway VM with more seeds than the tier's bounded run.
 
 Run from the repository root (boots the VM, about 20x slower than the host; about 3 s a rule set there):
 
-    .venv/bin/python bench/doctor_differential.py --count 500 --seed 1000
+    .venv/bin/python -m bench.doctor_differential --count 500 --seed 1000
 
 Prints the agreement figure (rule sets, packets, packets a rule captured, agreements, disagreements by kind)
 and every rule set that disagreed, with its rules, what the kernel did and what the doctor said. The full

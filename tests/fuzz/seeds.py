@@ -46,6 +46,10 @@ def seeds(target: str) -> list[bytes]:
                 "docker.iptables-nft-save",
                 "odd.iptables-legacy-save",
                 "kube-proxy6.ip6tables-legacy-save",
+                "edge-set-dst-src.iptables-legacy-save",
+                "edge-comment-dash.iptables-legacy-save",
+                "edge-v6-ranges.ip6tables-legacy-save",
+                "edge-interfaces.iptables-nft-save",
             )
         ],
         "ipset_save": [
@@ -58,6 +62,10 @@ def seeds(target: str) -> list[bytes]:
                 "iptables-nft.nft-ruleset.json",
                 "maps.nft-ruleset.json",
                 "inet.nft-ruleset.json",
+                "edge-concat-negated.nft-ruleset.json",
+                "edge-drop-first.nft-ruleset.json",
+                "edge-stateless.nft-ruleset.json",
+                "edge-ranges.nft-ruleset.json",
             )
         ],
     }
