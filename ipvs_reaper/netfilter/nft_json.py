@@ -313,7 +313,8 @@ def _dnat_choices(body: Any, lookups: _Lookups) -> list[tuple[list[Match], Targe
     entries = _map_entries(lookup, lookups)
     if entries is None:
         raise _ExprError(
-            f"dnat to {_show(addr if isinstance(addr, dict) else port)}: no map to look it up in"
+            f"dnat to {_show(addr if isinstance(addr, dict) else port)}: a map this listing does not show "
+            "the elements of"
         )
     key = lookup.get("key") if isinstance(lookup, dict) else None
     choices = []
