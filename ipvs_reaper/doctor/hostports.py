@@ -15,7 +15,7 @@ from ipvs_reaper.doctor.findings import Evidence, Finding, Kind, Severity
 from ipvs_reaper.mapping import ClusterIndex, FrontKind
 from ipvs_reaper.netfilter.ipsets import IpSet
 from ipvs_reaper.netfilter.rules import Action, Packet, PortMatch, ProtocolMatch, Table, Truth, truth
-from ipvs_reaper.netfilter.walk import ChainWalk, Outcome, walk, walk_chains
+from ipvs_reaper.netfilter.walk import NAT_HOOKS, ChainWalk, Outcome, walk, walk_chains
 from ipvs_reaper.values import IPAddress, IpvsTable, Protocol, VirtualKey, format_endpoint
 
 WELL_KNOWN_BELOW = 1024
@@ -112,7 +112,7 @@ def _evidence(outcomes: Sequence[Outcome]) -> Evidence:
         rule=rule,
         chain_path=first.chain_path(),
         source=where,
-        hooks=tuple(dict.fromkeys(o.hook for o in outcomes)),
+        hooks=tuple(h for h in NAT_HOOKS if any(o.hook == h for o in outcomes)),
         conditions=tuple(dict.fromkeys(c for o in outcomes for c in o.conditions)),
     )
 
@@ -191,6 +191,9 @@ def hijacks(
         backends = backends_of.get(key, set())
         walks = list(walk_chains(tables, packet))
         rewriting = [o for w in walks for o in w.outcomes if _elsewhere(o, backends, key.port)]
+        # The title names the first: the rule of the chain the kernel runs first at a hook (lowest priority),
+        # a certain one before a possible one.
+        rewriting.sort(key=lambda o: (o.table.chains[o.path[0].chain].priority, not o.certain))
         if rewriting:
             certain_hooks = _certain_hooks(walks, backends, key.port)
             findings.append(_hijack(key, _group(rewriting), names, certain_hooks))
