@@ -19,7 +19,6 @@ OUTPUT. The agreement rules:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import json
 import os
@@ -33,14 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ipvs_reaper.cli import main as cli_main
 from tests import builders
 from tests.kernel.cluster import NODE, NODE_IP
+from tests.kernel.lab import run_steps
+from tests.kernel.pods import in_netns
 from tests.netfilter.grammar import CLIENT_POD, RuleSet, Service
 
-CLONE_NEWNET = 0x40000000
 PODS_NS, CLIENT_NS = "diff-pods", "diff-client"
 PODS_VETH, CLIENT_VETH = "dvpods", "dvclient"
 # The client's veth on the node carries addresses, so a REDIRECT at PREROUTING has one to send to (a veth
@@ -50,8 +50,6 @@ HOOKS = ("prerouting", "output")
 IPVS_SYSCTLS = {"conntrack": 1, "expire_nodest_conn": 1, "expire_quiescent_template": 1}
 VS_SYSCTLS = Path("/proc/sys/net/ipv4/vs")
 
-T = TypeVar("T")
-
 
 def sh(*args: str, stdin: str | None = None) -> str:
     done = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
@@ -59,35 +57,6 @@ def sh(*args: str, stdin: str | None = None) -> str:
         shown = f"\n{stdin}" if stdin else ""
         raise AssertionError(f"`{' '.join(args)}` failed ({done.returncode}): {done.stderr.strip()}{shown}")
     return done.stdout
-
-
-def in_netns(netns: str | None, work: Callable[[], T]) -> T:
-    """`work()` in a thread that joined the namespace (sockets belong to their creator's namespace)."""
-    if netns is None:
-        return work()
-    results: list[T] = []
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                failures.append(OSError(code, f"setns into {netns}: {os.strerror(code)}"))
-                return
-            results.append(work())
-        except OSError as error:
-            failures.append(error)
-        finally:
-            os.close(fd)
-
-    worker = threading.Thread(target=run, name=f"setns-{netns}")
-    worker.start()
-    worker.join()
-    if failures:
-        raise failures[0]
-    return results[0]
 
 
 # --- who answers ------------------------------------------------------------------------------------------
@@ -322,12 +291,7 @@ class Node:
                 steps.append(partial(sh, "ip", "netns", "del", netns))
         if Path("/sys/class/net/kube-ipvs0").exists():
             steps.append(lambda: sh("ip", "link", "del", "kube-ipvs0"))
-        failures = []
-        for step in steps:
-            try:
-                step()
-            except (AssertionError, OSError) as error:
-                failures.append(str(error))
+        failures = run_steps(steps)
         if failures:
             raise AssertionError("teardown left the node dirty: " + "; ".join(failures))
 

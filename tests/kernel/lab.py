@@ -46,6 +46,17 @@ def incident_sysctls(variant: Variant) -> dict[str, int]:
     return {"conn_reuse_mode": 0, "expire_nodest_conn": 0}
 
 
+def run_steps(steps: Iterable[Callable[[], object]]) -> list[str]:
+    """Every teardown step, whatever the others did: what failed, for one message."""
+    failures = []
+    for step in steps:
+        try:
+            step()
+        except (AssertionError, OSError) as error:
+            failures.append(str(error))
+    return failures
+
+
 def sh(*args: str, stdin: str | None = None) -> str:
     done = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -155,12 +166,7 @@ class Lab:
         if Path("/sys/class/net/kube-ipvs0").exists():
             steps.append(partial(sh, "ip", "link", "del", "kube-ipvs0"))
         steps.extend(partial(self.sysctl, name, value) for name, value in DEFAULT_SYSCTLS.items())
-        failures = []
-        for step in steps:
-            try:
-                step()
-            except (AssertionError, OSError) as error:
-                failures.append(str(error))
+        failures = run_steps(steps)
         left = sorted(path.name for path in Path("/sys/class/net").iterdir() if path.name.startswith("veth"))
         if left:
             failures.append(f"interfaces still there: {', '.join(left)}")

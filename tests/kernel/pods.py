@@ -15,32 +15,44 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
-def socket_in(netns: str, family: int, kind: int) -> socket.socket:
-    made: list[socket.socket] = []
-    failure: list[OSError] = []
+def in_netns(netns: str | None, work: Callable[[], T]) -> T:
+    """`work()` in a thread that joined the namespace (sockets belong to their creator's namespace); None:
+    here."""
+    if netns is None:
+        return work()
+    results: list[T] = []
+    failures: list[OSError] = []
 
-    def make() -> None:
+    def run() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 code = ctypes.get_errno()
-                failure.append(OSError(code, f"setns into {netns}: {os.strerror(code)}"))
+                failures.append(OSError(code, f"setns into {netns}: {os.strerror(code)}"))
                 return
-            made.append(socket.socket(family, kind))
+            results.append(work())
+        except OSError as error:
+            failures.append(error)
         finally:
             os.close(fd)
 
-    worker = threading.Thread(target=make, name=f"setns-{netns}")
+    worker = threading.Thread(target=run, name=f"setns-{netns}")
     worker.start()
     worker.join()
-    if failure:
-        raise failure[0]
-    return made[0]
+    if failures:
+        raise failures[0]
+    return results[0]
+
+
+def socket_in(netns: str, family: int, kind: int) -> socket.socket:
+    return in_netns(netns, lambda: socket.socket(family, kind))
 
 
 class Outcome(StrEnum):

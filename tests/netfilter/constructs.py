@@ -8,6 +8,14 @@ Services of tests/netfilter/scene.py; tests/test_doctor_constructs.py holds the 
 
 from __future__ import annotations
 
+
+def _nat(chains: tuple[str, ...] = (), rules: tuple[str, ...] = ()) -> str:
+    """`iptables-restore` input for the nat table: the built-in chains, these chains, these rules."""
+    declared = [f":{name} ACCEPT [0:0]" for name in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")]
+    declared += [f":{name} - [0:0]" for name in chains]
+    return "\n".join(["*nat", *declared, *rules, "COMMIT"]) + "\n"
+
+
 # IPv6 ClusterIPs of dual-stack Services beside scene.py's IPv4 ones (db/mysql-b and db/postgres).
 MYSQL_B6 = "fd00:96::20"
 POSTGRES6 = "fd00:96::40"
@@ -73,56 +81,50 @@ table inet hostports {
 
 # Docker's published port (moby's iptables setup): not for packets from docker0, which has no say over a
 # packet of the node's own.
-DOCKER_IPTABLES = """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
--A DOCKER -i docker0 -j RETURN
--A DOCKER ! -i docker0 -p tcp -m tcp --dport 6379 -j DNAT --to-destination 172.17.0.2:6379
-COMMIT
-"""
+DOCKER_IPTABLES = _nat(
+    chains=("DOCKER",),
+    rules=(
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER",
+        "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+        "-A DOCKER -i docker0 -j RETURN",
+        "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 6379 -j DNAT --to-destination 172.17.0.2:6379",
+    ),
+)
 
 # Rules that are not portmap's: a RETURN on a source match before mysql's DNAT, a NETMAP (a target the
 # doctor does not model) on postgres's port, a DNAT of the port alone for redis, and after them all a plain
 # hostPort DNAT for web/frontend that must still be found.
-ODD_IPTABLES = """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:HOSTPORTS - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j HOSTPORTS
--A OUTPUT -m addrtype --dst-type LOCAL -j HOSTPORTS
--A HOSTPORTS -s 10.244.0.0/16 -j RETURN
--A HOSTPORTS -p tcp -m tcp --dport 3306 -j DNAT --to-destination 10.244.1.5:3306
--A PREROUTING -p tcp -m tcp --dport 5432 -j NETMAP --to 10.244.3.0/24
--A OUTPUT -p tcp -m tcp --dport 5432 -j NETMAP --to 10.244.3.0/24
--A PREROUTING -d 10.96.0.70/32 -p tcp -m tcp --dport 6379 -j DNAT --to-destination :6380
--A PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.6:8080
-COMMIT
-"""
+ODD_IPTABLES = _nat(
+    chains=("HOSTPORTS",),
+    rules=(
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j HOSTPORTS",
+        "-A OUTPUT -m addrtype --dst-type LOCAL -j HOSTPORTS",
+        "-A HOSTPORTS -s 10.244.0.0/16 -j RETURN",
+        "-A HOSTPORTS -p tcp -m tcp --dport 3306 -j DNAT --to-destination 10.244.1.5:3306",
+        "-A PREROUTING -p tcp -m tcp --dport 5432 -j NETMAP --to 10.244.3.0/24",
+        "-A OUTPUT -p tcp -m tcp --dport 5432 -j NETMAP --to 10.244.3.0/24",
+        "-A PREROUTING -d 10.96.0.70/32 -p tcp -m tcp --dport 6379 -j DNAT --to-destination :6380",
+        "-A PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 80"
+        " -j DNAT --to-destination 10.244.1.6:8080",
+    ),
+)
 
 # kube-proxy (IPVS mode) in an IPv6 nat table: its set is KUBE-6-CLUSTER-IP, accepted before portmap's chain.
-KUBE_PROXY6_IPTABLES = """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:KUBE-SERVICES - [0:0]
-:CNI-HOSTPORT-DNAT - [0:0]
--A PREROUTING -j KUBE-SERVICES
--A OUTPUT -j KUBE-SERVICES
--A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
--A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
--A KUBE-SERVICES -m set --match-set KUBE-6-CLUSTER-IP dst,dst -j ACCEPT
--A CNI-HOSTPORT-DNAT -p tcp -m tcp --dport 3306 -j DNAT --to-destination [fd00:10:244:1::5]:3306
-COMMIT
-"""
+KUBE_PROXY6_IPTABLES = _nat(
+    chains=(
+        "KUBE-SERVICES",
+        "CNI-HOSTPORT-DNAT",
+    ),
+    rules=(
+        "-A PREROUTING -j KUBE-SERVICES",
+        "-A OUTPUT -j KUBE-SERVICES",
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+        "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+        "-A KUBE-SERVICES -m set --match-set KUBE-6-CLUSTER-IP dst,dst -j ACCEPT",
+        "-A CNI-HOSTPORT-DNAT -p tcp -m tcp --dport 3306 -j DNAT --to-destination [fd00:10:244:1::5]:3306",
+    ),
+)
 KUBE_PROXY6_SET = ("KUBE-6-CLUSTER-IP", f"{MYSQL_B6},tcp:3306")
 
 # Corner cases of netfilter's semantics (each proved against a kernel by a review): name -> (tool, rules).
@@ -210,59 +212,49 @@ table ip hp {
     # kube-proxy's set looked up by destination address and *source* port is not its ClusterIP lookup.
     "set-dst-src": (
         "iptables-legacy",
-        """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:HP - [0:0]
--A OUTPUT -j HP
--A HP -p tcp -m set ! --match-set KUBE-CLUSTER-IP dst,src -j DNAT --to-destination 10.244.1.1:8080
-COMMIT
-""",
+        _nat(
+            chains=("HP",),
+            rules=(
+                "-A OUTPUT -j HP",
+                "-A HP -p tcp -m set ! --match-set KUBE-CLUSTER-IP dst,src"
+                " -j DNAT --to-destination 10.244.1.1:8080",
+            ),
+        ),
     ),
     # A comment that looks like an option (printed unquoted).
     "comment-dash": (
         "iptables-legacy",
-        """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:HP - [0:0]
--A OUTPUT -j HP
--A HP -p tcp -m tcp --dport 80 -m comment --comment "-p" -j DNAT --to-destination 10.244.1.1:8080
-COMMIT
-""",
+        _nat(
+            chains=("HP",),
+            rules=(
+                "-A OUTPUT -j HP",
+                '-A HP -p tcp -m tcp --dport 80 -m comment --comment "-p"'
+                " -j DNAT --to-destination 10.244.1.1:8080",
+            ),
+        ),
     ),
     # IPv6 ranges, with and without brackets.
     "v6-ranges": (
         "ip6tables-legacy",
-        """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A OUTPUT -p tcp --dport 80 -j DNAT --to-destination [fd00::5-fd00::6]:8080
--A OUTPUT -p tcp --dport 81 -j DNAT --to-destination fd00::5-fd00::6
-COMMIT
-""",
+        _nat(
+            rules=(
+                "-A OUTPUT -p tcp --dport 80 -j DNAT --to-destination [fd00::5-fd00::6]:8080",
+                "-A OUTPUT -p tcp --dport 81 -j DNAT --to-destination fd00::5-fd00::6",
+            )
+        ),
     ),
     # Interface matches on OUTPUT through nf_tables (iptables-nft): certain only on a kernel that compares a
     # missing interface as "" (5.3 on).
     "interfaces": (
         "iptables-nft",
-        """*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:X - [0:0]
--A OUTPUT -j X
--A X -i eth1 -p tcp --dport 80 -j DNAT --to-destination 10.244.1.1:8080
--A X ! -i docker0 -p tcp --dport 82 -j DNAT --to-destination 10.244.1.1:8080
-COMMIT
-""",
+        _nat(
+            chains=("X",),
+            rules=(
+                "-A OUTPUT -j X",
+                "-A X -i eth1 -p tcp --dport 80 -j DNAT --to-destination 10.244.1.1:8080",
+                "-A X ! -i docker0 -p tcp --dport 82 -j DNAT --to-destination 10.244.1.1:8080",
+            ),
+        ),
     ),
 }
 EDGE_SUFFIX = {
