@@ -48,7 +48,7 @@ _IPVSADM_HINT = (
 )
 
 
-def _hex(text: str, digits: int, what: str) -> int:
+def hex_number(text: str, digits: int, what: str) -> int:
     if len(text) != digits or not _HEX.issuperset(text):
         raise ValueError(f"expected {digits} hex digits for {what}, got {text!r}")
     return int(text, 16)
@@ -58,18 +58,21 @@ def _parse_hex_endpoint(text: str) -> tuple[IPAddress, int]:
     address_text, sep, port_text = text.rpartition(":")
     if not sep:
         raise ValueError(f"expected ADDRESS:PORT, got {text!r}")
-    port = _hex(port_text, 4, "a port")
-    address: IPAddress
+    port = hex_number(port_text, 4, "a port")
     if address_text.startswith("["):
-        # The kernel prints IPv6 exploded (8 groups of 4 digits); anything else is not its text.
-        inner = address_text[1:-1]
-        groups = inner.split(":")
-        if not address_text.endswith("]") or len(groups) != 8:
+        if not address_text.endswith("]"):
             raise ValueError(f"expected an exploded IPv6 address in brackets, got {address_text!r}")
-        address = ipaddress.IPv6Address(b"".join(_hex(g, 4, "an IPv6 group").to_bytes(2) for g in groups))
-    else:
-        address = ipaddress.IPv4Address(_hex(address_text, 8, "an IPv4 address"))
-    return address, port
+        return kernel_ipv6(address_text[1:-1]), port
+    return ipaddress.IPv4Address(hex_number(address_text, 8, "an IPv4 address")), port
+
+
+def kernel_ipv6(text: str) -> ipaddress.IPv6Address:
+    """An IPv6 address as the kernel's %pI6 prints it: exploded, 8 groups of 4 digits; anything else is not
+    its text."""
+    groups = text.split(":")
+    if len(groups) != 8:
+        raise ValueError(f"expected an exploded IPv6 address, got {text!r}")
+    return ipaddress.IPv6Address(b"".join(hex_number(g, 4, "an IPv6 group").to_bytes(2) for g in groups))
 
 
 def _number(text: str, what: str, least: int, most: int) -> int:
@@ -87,7 +90,7 @@ def _parse_service_line(words: list[str]) -> VirtualService:
     if len(words) < 3:
         raise ValueError("a service line needs a protocol, an address and a scheduler")
     if kind == "FWM":
-        key = VirtualKey.firewall_mark(_hex(words[1], 8, "a firewall mark"))
+        key = VirtualKey.firewall_mark(hex_number(words[1], 8, "a firewall mark"))
     elif kind in _SERVICE_PROTOCOLS:
         address, port = _parse_hex_endpoint(words[1])
         key = VirtualKey.inet(_SERVICE_PROTOCOLS[kind], address, port)

@@ -52,6 +52,7 @@ def seeds(target: str) -> list[bytes]:
                 "edge-interfaces.iptables-nft-save",
             )
         ],
+        "ip_vs_conn": [(fixtures / "proc-net-ip_vs_conn.txt").read_bytes()],
         "ipset_save": [
             (dumps / n).read_bytes() for n in ("kube-proxy.ipset-save", "kube-proxy-lagging.ipset-save")
         ],

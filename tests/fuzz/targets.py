@@ -21,6 +21,7 @@ from ipvs_reaper.cluster.parse import POLICY_ANNOTATION, cluster_state_from_item
 from ipvs_reaper.cluster.sources import parse_cluster_document
 from ipvs_reaper.config import Config, ConfigError, parse_annotation, parse_config_text
 from ipvs_reaper.errors import InputError
+from ipvs_reaper.ipvs.connections import count_by_virtual, parse_ip_vs_conn
 from ipvs_reaper.ipvs.procfs import TableParseError, parse_proc_ip_vs
 from ipvs_reaper.kernel.addresses import parse_node_addresses
 from ipvs_reaper.kernel.facts import parse_sysctl_text
@@ -165,6 +166,11 @@ def iptables_save(data: bytes) -> None:
         _walk_all(parse_iptables_save(_text(data), "fuzz"))
 
 
+def ip_vs_conn(data: bytes) -> None:
+    with contextlib.suppress(TableParseError):
+        count_by_virtual(parse_ip_vs_conn(_text(data), "fuzz"))
+
+
 def ipset_save(data: bytes) -> None:
     with contextlib.suppress(InputError):
         parse_ipset_save(_text(data), "fuzz")
@@ -187,4 +193,5 @@ TARGETS: dict[str, Target] = {
     "iptables_save": iptables_save,
     "nft_ruleset": nft_ruleset,
     "ipset_save": ipset_save,
+    "ip_vs_conn": ip_vs_conn,
 }

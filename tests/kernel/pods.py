@@ -130,6 +130,8 @@ class PodServer:
         while not self._stopped.is_set():
             try:
                 _, peer = self._socket.recvfrom(512)
+                if peer is None:
+                    return  # shut down: kill() or close() woke the read
                 self._socket.sendto(f"{self.name}\n".encode(), peer)
             except OSError:
                 return
